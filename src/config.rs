@@ -1,0 +1,285 @@
+//! Every setting of the daemon: command-line flags, `WSHUB_*` environment variables and an optional
+//! TOML file, in that order of precedence (SPEC §2).
+//!
+//! The file is applied by turning its entries into clap defaults before the command line is parsed,
+//! so clap itself enforces "flags beat env beat file" and reports every error in one format.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
+
+use crate::units::{parse_duration, parse_size};
+
+/// What the server does with the messages clients send (SPEC §5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Protocol {
+    /// JSON events: rooms, presence, direct messages.
+    Events,
+    /// Every text or binary message is broadcast verbatim to every client (gorilla chat).
+    Raw,
+    /// Every message goes back to its sender only (conformance testing).
+    Echo,
+}
+
+/// wshub: a WebSocket hub that knows who is online and in which rooms and fans messages out.
+///
+/// Every flag can also be set through the environment (`WSHUB_<FLAG>`, shown below) or in the
+/// TOML file given with `--config` (keys are the flag names). Flags beat the environment, which
+/// beats the file. Durations are written 30s, 500ms, 2m (a bare number is seconds); sizes 64KiB,
+/// 4MiB (a bare number is bytes).
+#[derive(Clone, Debug, Parser)]
+#[command(name = "wshub", version, max_term_width = 100)]
+pub struct Config {
+    /// Address to listen on for HTTP and WebSocket connections.
+    #[arg(long, env = "WSHUB_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+
+    /// Path that accepts WebSocket upgrades.
+    #[arg(long, env = "WSHUB_WS_PATH", default_value = "/ws", value_parser = parse_ws_path)]
+    pub ws_path: String,
+
+    /// Message protocol spoken on the WebSocket path.
+    #[arg(long, env = "WSHUB_PROTOCOL", value_enum, default_value = "events")]
+    pub protocol: Protocol,
+
+    /// Most WebSocket connections held at once; further upgrades get 503.
+    #[arg(long, env = "WSHUB_MAX_CONNECTIONS", default_value = "10000")]
+    pub max_connections: usize,
+
+    /// Largest message (and HTTP request body) accepted; bigger messages close with 1009.
+    #[arg(long, env = "WSHUB_MAX_MESSAGE_SIZE", default_value = "64KiB", value_parser = parse_size)]
+    pub max_message_size: usize,
+
+    /// Largest HTTP request head accepted; bigger heads get 431.
+    #[arg(long, env = "WSHUB_MAX_HEADER_BYTES", default_value = "8KiB", value_parser = parse_size)]
+    pub max_header_bytes: usize,
+
+    /// Pending output per connection above which it is disconnected as a slow consumer (1008).
+    #[arg(long, env = "WSHUB_MAX_BUFFERED", default_value = "4MiB", value_parser = parse_size)]
+    pub max_buffered: usize,
+
+    /// Serve the page from this folder (read once at start-up) instead of the embedded copy.
+    #[arg(long, env = "WSHUB_ASSETS", value_name = "DIR")]
+    pub assets: Option<PathBuf>,
+
+    /// Browser origin allowed besides the server's own (repeatable; `*` allows every origin).
+    #[arg(long = "allow-origin", env = "WSHUB_ALLOW_ORIGIN", value_name = "ORIGIN", value_delimiter = ',')]
+    pub allow_origins: Vec<String>,
+
+    /// Interval between server pings to each WebSocket client.
+    #[arg(long, env = "WSHUB_PING_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+
+    /// Close a WebSocket connection that sent nothing (no frame of any kind) for this long.
+    #[arg(long, env = "WSHUB_IDLE_TIMEOUT", default_value = "75s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Close a connection that has not completed its HTTP request within this time.
+    #[arg(long, env = "WSHUB_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// Close a connection whose pending output makes no progress for this long.
+    #[arg(long, env = "WSHUB_WRITE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
+
+    /// On SIGINT/SIGTERM, how long to keep flushing Close 1001 and pending output before exiting.
+    #[arg(long, env = "WSHUB_DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Messages per second each connection may send (token bucket, burst 2x); excess is refused.
+    #[arg(long, env = "WSHUB_RATE_LIMIT", value_name = "MSGS_PER_SEC", value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit: Option<u32>,
+
+    /// Log level (error, warn, info, debug, trace); defaults to RUST_LOG, else info.
+    #[arg(long, env = "WSHUB_LOG_LEVEL")]
+    pub log_level: Option<String>,
+
+    /// TOML file with settings (keys are flag names, e.g. `max-connections = 20000`).
+    #[arg(long, env = "WSHUB_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+impl Config {
+    /// Reads the configuration from the process's arguments, environment and `--config` file.
+    pub fn load() -> Result<Config, clap::Error> {
+        Self::load_from(std::env::args_os())
+    }
+
+    /// Same as [`Config::load`] with explicit arguments (the first one is the program name).
+    pub fn load_from<I, T>(args: I) -> Result<Config, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let mut command = Config::command();
+        let file = config_file_path(&args).or_else(|| std::env::var_os("WSHUB_CONFIG").map(PathBuf::from));
+        if let Some(path) = file {
+            command = apply_file_defaults(command, &path)?;
+        }
+        let matches: ArgMatches = command.try_get_matches_from_mut(args)?;
+        let config = Config::from_arg_matches(&matches)?;
+        config.validate().map_err(|message| Config::command().error(clap::error::ErrorKind::ValueValidation, message))?;
+        Ok(config)
+    }
+
+    /// Cross-field rules that a single flag's parser cannot see.
+    fn validate(&self) -> Result<(), String> {
+        if self.max_buffered < self.max_message_size + crate::frame::MAX_HEADER_LEN {
+            return Err(format!(
+                "--max-buffered ({}) must admit one message of --max-message-size ({})",
+                crate::units::format_size(self.max_buffered),
+                crate::units::format_size(self.max_message_size)
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err("--max-connections must be at least 1".into());
+        }
+        if self.ping_interval.is_zero() || self.idle_timeout.is_zero() {
+            return Err("--ping-interval and --idle-timeout must be above zero".into());
+        }
+        Ok(())
+    }
+}
+
+fn parse_ws_path(text: &str) -> Result<String, String> {
+    let reserved = ["/", "/healthz", "/metrics"];
+    if !text.starts_with('/') || text.contains(['?', '#', ' ']) {
+        Err(format!("invalid path {text:?}: must start with / and have no query"))
+    } else if reserved.contains(&text) || text.starts_with("/assets/") || text.starts_with("/api/") {
+        Err(format!("invalid path {text:?}: used by the server itself"))
+    } else {
+        Ok(text.to_owned())
+    }
+}
+
+/// Finds `--config FILE` or `--config=FILE` before clap runs, so the file can supply defaults.
+fn config_file_path(args: &[OsString]) -> Option<PathBuf> {
+    let mut iter = args.iter().skip(1);
+    while let Some(arg) = iter.next() {
+        let arg = arg.to_string_lossy();
+        if arg == "--" {
+            break;
+        }
+        if arg == "--config" {
+            return iter.next().map(PathBuf::from);
+        }
+        if let Some(value) = arg.strip_prefix("--config=") {
+            return Some(PathBuf::from(value));
+        }
+    }
+    None
+}
+
+/// Turns each entry of the TOML file into the default value of the flag with the same name.
+fn apply_file_defaults(mut command: clap::Command, path: &Path) -> Result<clap::Command, clap::Error> {
+    let fail = |message: String| Config::command().error(clap::error::ErrorKind::Io, message);
+    let text = std::fs::read_to_string(path).map_err(|e| fail(format!("could not read config file {}: {e}", path.display())))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| fail(format!("could not parse config file {}: {e}", path.display())))?;
+    for (key, value) in table {
+        let long = key.replace('_', "-");
+        let Some(id) = command
+            .get_arguments()
+            .find(|arg| arg.get_long() == Some(long.as_str()) && long != "config")
+            .map(|arg| arg.get_id().clone())
+        else {
+            return Err(fail(format!("unknown setting {key:?} in config file {}", path.display())));
+        };
+        let values: Vec<String> = match value {
+            toml::Value::Array(items) => items.iter().map(toml_scalar).collect::<Option<_>>(),
+            scalar => toml_scalar(&scalar).map(|s| vec![s]),
+        }
+        .ok_or_else(|| fail(format!("setting {key:?} in {} must be a string, number or list", path.display())))?;
+        command = command.mut_arg(id, |arg| arg.default_values(values));
+    }
+    Ok(command)
+}
+
+fn toml_scalar(value: &toml::Value) -> Option<String> {
+    match value {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        toml::Value::Float(f) => Some(f.to_string()),
+        toml::Value::Boolean(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let config = Config::load_from(["wshub"]).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:8080");
+        assert_eq!(config.ws_path, "/ws");
+        assert_eq!(config.protocol, Protocol::Events);
+        assert_eq!(config.max_message_size, 64 * 1024);
+        assert_eq!(config.max_header_bytes, 8 * 1024);
+        assert_eq!(config.max_buffered, 4 << 20);
+        assert_eq!(config.ping_interval, Duration::from_secs(30));
+        assert_eq!(config.idle_timeout, Duration::from_secs(75));
+        assert_eq!(config.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(config.write_timeout, Duration::from_secs(10));
+        assert_eq!(config.drain_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn flags_parse_sizes_durations_and_repeated_origins() {
+        let config = Config::load_from([
+            "wshub",
+            "--max-message-size",
+            "1MiB",
+            "--max-buffered=8MiB",
+            "--ping-interval",
+            "500ms",
+            "--allow-origin",
+            "https://a.example",
+            "--allow-origin=https://b.example",
+            "--protocol",
+            "raw",
+        ])
+        .unwrap();
+        assert_eq!(config.max_message_size, 1 << 20);
+        assert_eq!(config.ping_interval, Duration::from_millis(500));
+        assert_eq!(config.allow_origins, ["https://a.example", "https://b.example"]);
+        assert_eq!(config.protocol, Protocol::Raw);
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_flag_named() {
+        let error = Config::load_from(["wshub", "--max-message-size", "lots"]).unwrap_err();
+        assert!(error.to_string().contains("--max-message-size"), "{error}");
+        assert!(Config::load_from(["wshub", "--ws-path", "ws"]).is_err());
+        assert!(Config::load_from(["wshub", "--ws-path", "/healthz"]).is_err());
+        assert!(Config::load_from(["wshub", "--max-buffered", "1KiB"]).is_err());
+    }
+
+    #[test]
+    fn file_values_apply_but_flags_win() {
+        let dir = std::env::temp_dir().join(format!("wshub-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("wshub.toml");
+        std::fs::write(
+            &path,
+            "max-connections = 42\nws_path = \"/chat\"\nallow-origin = [\"https://x.example\"]\nping-interval = \"2s\"\n",
+        )
+        .unwrap();
+        let path_arg = path.to_str().unwrap();
+        let config = Config::load_from(["wshub", "--config", path_arg, "--max-connections", "7"]).unwrap();
+        assert_eq!(config.max_connections, 7);
+        assert_eq!(config.ws_path, "/chat");
+        assert_eq!(config.allow_origins, ["https://x.example"]);
+        assert_eq!(config.ping_interval, Duration::from_secs(2));
+
+        std::fs::write(&path, "no-such-setting = 1\n").unwrap();
+        let error = Config::load_from(["wshub", "--config", path_arg]).unwrap_err();
+        assert!(error.to_string().contains("no-such-setting"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

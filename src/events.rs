@@ -1,0 +1,1306 @@
+//! The `events` protocol (SPEC §5): decode a client's JSON text frame, apply it to the [`Hub`],
+//! and say what must be sent to whom.
+//!
+//! No sockets and no clock: the caller passes `now_ms` and gets [`Delivery`]s back. Each
+//! delivery is serialised once, whatever the number of recipients; the loop frames those bytes
+//! once and appends the same frame to every connection [`Target::recipients`] yields. Client
+//! `id` and `data` values are copied through as raw JSON text, never parsed into a tree.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+
+use crate::hub::{ConnId, Hub};
+
+/// Longest accepted room name, in bytes: long enough for any sensible name or path-like key,
+/// short enough that names cannot bloat every message and index entry.
+pub const MAX_ROOM_NAME_BYTES: usize = 128;
+
+/// The `event` of an error reply to a frame whose own event name could not be read.
+const UNREADABLE: &str = "error";
+
+/// Who must receive a [`Delivery`]; resolved against the hub by the loop, so a room fan-out
+/// never copies its member list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// One connection: the sender of the request being answered.
+    Conn(ConnId),
+    /// Every member of a room.
+    Room(String),
+    /// Every member of a room but one: a presence join goes to the others, not the joiner.
+    RoomExcept(String, ConnId),
+    /// Every connection of one user.
+    User(String),
+    /// Every connected client.
+    All,
+}
+
+impl Target {
+    /// The connections this target names in `hub` right now, without allocating.
+    pub fn recipients<'h>(&self, hub: &'h Hub) -> impl Iterator<Item = ConnId> + use<'h> {
+        let (single, many, except): (Option<ConnId>, &'h [ConnId], Option<ConnId>) = match self {
+            Target::Conn(conn) => (Some(*conn), &[], None),
+            Target::Room(room) => (None, hub.room_members(room), None),
+            Target::RoomExcept(room, conn) => (None, hub.room_members(room), Some(*conn)),
+            Target::User(user) => (None, hub.user_connections(user), None),
+            Target::All => (None, hub.connections(), None),
+        };
+        single.into_iter().chain(
+            many.iter()
+                .copied()
+                .filter(move |conn| Some(*conn) != except),
+        )
+    }
+}
+
+/// One outgoing event and who gets it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// Who receives the event; see [`Target::recipients`].
+    pub target: Target,
+    /// The event serialised once: the loop frames these bytes once and appends the same frame
+    /// to every recipient.
+    pub json: String,
+}
+
+/// Why a request was refused: the `code` and `error` of the error reply (or, for
+/// [`publish`], of the HTTP answer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// The protocol's code (400, 403, 404, 413, 429), which clients branch on; it doubles as
+    /// the HTTP status of a refused publish.
+    pub code: u16,
+    /// A reason a person can act on, sent as the reply's `error`.
+    pub error: &'static str,
+}
+
+impl Failure {
+    /// The loop's rate limiter dropped the frame (SPEC §6).
+    pub const RATE_LIMITED: Self = Self::new(429, "rate limited");
+    /// The `events` protocol speaks JSON text only.
+    pub const BINARY_FRAME: Self = Self::new(400, "binary frames are not supported");
+
+    const MALFORMED: Self = Self::new(400, "malformed JSON: expected an object");
+    const BAD_EVENT: Self = Self::new(400, "event must be a string");
+    const BAD_ROOM: Self = Self::new(400, "room must be a non-empty string of at most 128 bytes");
+    const MISSING_ROOM: Self = Self::new(400, "room is required");
+    const BAD_TO: Self = Self::new(400, "to must be a string");
+    const MISSING_DATA: Self = Self::new(400, "data is required");
+    const ROOM_AND_TO: Self = Self::new(400, "give room or to, not both");
+    const NOT_ALLOWED: Self = Self::new(403, "not allowed to join this room");
+    const NOT_A_MEMBER: Self = Self::new(403, "join the room before sending to it");
+    const NOT_CONNECTED: Self = Self::new(403, "connection is not registered");
+    const NOT_IN_ROOM: Self = Self::new(404, "not a member of this room");
+    const OFFLINE: Self = Self::new(404, "user is offline");
+    const UNKNOWN_EVENT: Self = Self::new(404, "unknown event");
+    const TOO_LARGE: Self = Self::new(413, "message too large");
+
+    const fn new(code: u16, error: &'static str) -> Self {
+        Self { code, error }
+    }
+}
+
+/// What a request is handled with, besides the hub.
+pub struct Context<'a> {
+    /// The connection the frame came from: the sender and the target of the reply.
+    pub conn: ConnId,
+    /// Unix time in milliseconds, stamped as `ts`; passed in because the core has no clock.
+    pub now_ms: u64,
+    /// Whether this connection may join a room (the JWT `rooms` claim); false answers 403.
+    pub may_join: &'a dyn Fn(&str) -> bool,
+    /// The largest frame a client accepts; a relayed event above it is refused with 413 so
+    /// that receivers with the same limit can always read what they are sent.
+    pub max_message_size: usize,
+}
+
+/// Applies one client text frame to the hub and appends what must be sent to `out`. Every
+/// outcome, including garbage, is a reply or a delivery: nothing here panics or closes.
+pub fn handle(hub: &mut Hub, ctx: &Context, text: &str, out: &mut Vec<Delivery>) {
+    let Some(request) = decode(text) else {
+        return reply_error(out, ctx.conn, UNREADABLE, None, Failure::MALFORMED);
+    };
+    let Some(event) = request.event.and_then(string) else {
+        return reply_error(out, ctx.conn, UNREADABLE, request.id, Failure::BAD_EVENT);
+    };
+    let handled = match &*event {
+        "ping" => ping(ctx, &request, out),
+        "join" => join(hub, ctx, &request, out),
+        "quit" => quit(hub, ctx, &request, out),
+        "message" => message(hub, ctx, &request, out),
+        "direct" => direct(hub, ctx, &request, out),
+        "online" => online(hub, ctx, &request, out),
+        _ => Err(Failure::UNKNOWN_EVENT),
+    };
+    if let Err(failure) = handled {
+        reply_error(out, ctx.conn, &event, request.id, failure);
+    }
+}
+
+/// Tells the remaining members of every room where `conn` was its user's last connection that
+/// the user left, and forgets `conn`.
+pub fn disconnect(hub: &mut Hub, conn: ConnId, out: &mut Vec<Delivery>) {
+    let Some(departure) = hub.disconnect(conn) else {
+        return;
+    };
+    for room in departure.last_in {
+        if !hub.room_members(&room).is_empty() {
+            push(
+                out,
+                Target::Room(room.to_string()),
+                &presence(&room, &departure.user, "leave"),
+            );
+        }
+    }
+}
+
+/// Answers a frame the loop refused before decoding it (rate limit, binary frame) with
+/// `failure`, echoing the frame's `event` and `id` when `text` has readable ones.
+pub fn refuse(conn: ConnId, text: Option<&str>, failure: Failure, out: &mut Vec<Delivery>) {
+    let request = text.and_then(decode);
+    let id = request.as_ref().and_then(|request| request.id);
+    let event = request.and_then(|request| request.event).and_then(string);
+    reply_error(
+        out,
+        conn,
+        event.as_deref().unwrap_or(UNREADABLE),
+        id,
+        failure,
+    );
+}
+
+/// Turns an HTTP `POST /api/publish` body — `{"room":R}`, `{"to":USER}` or `{}` (everyone),
+/// plus `"data"` — into one delivery: a `message` (room or everyone) or a `direct`, without
+/// `from`. The caller counts the connections [`Target::recipients`] yields.
+pub fn publish(now_ms: u64, max_message_size: usize, body: &str) -> Result<Delivery, Failure> {
+    let request = decode(body).ok_or(Failure::MALFORMED)?;
+    let data = request.data.ok_or(Failure::MISSING_DATA)?;
+    let room = room_name(request.room)?;
+    let to = request
+        .to
+        .map(|to| string(to).ok_or(Failure::BAD_TO))
+        .transpose()?;
+    let (target, event) = match (room, to) {
+        (Some(_), Some(_)) => return Err(Failure::ROOM_AND_TO),
+        (Some(room), None) => {
+            let json = relayed("message", Some(&room), None, data, now_ms, max_message_size)?;
+            (Target::Room(room.into_owned()), json)
+        }
+        (None, Some(to)) => {
+            let json = relayed("direct", None, None, data, now_ms, max_message_size)?;
+            (Target::User(to.into_owned()), json)
+        }
+        (None, None) => {
+            let json = relayed("message", None, None, data, now_ms, max_message_size)?;
+            (Target::All, json)
+        }
+    };
+    Ok(Delivery {
+        target,
+        json: event,
+    })
+}
+
+/// A client frame with every field still raw, so a wrong type in one field still lets the
+/// error reply echo `event` and `id`.
+#[derive(Deserialize)]
+struct Request<'a> {
+    /// Which handler runs; must turn out to be a string.
+    #[serde(borrow)]
+    event: Option<&'a RawValue>,
+    /// Echoed verbatim in the reply, whatever JSON value it is (`null` included).
+    #[serde(default, borrow, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+    /// The room of join, quit, message and online; `null` counts as absent.
+    #[serde(borrow)]
+    room: Option<&'a RawValue>,
+    /// The user a direct message is for.
+    #[serde(borrow)]
+    to: Option<&'a RawValue>,
+    /// The payload relayed verbatim by message and direct (`null` included).
+    #[serde(default, borrow, deserialize_with = "present")]
+    data: Option<&'a RawValue>,
+}
+
+/// Reads a request, which must be a JSON object: serde would also accept a struct written as
+/// an array, which no client means.
+fn decode(text: &str) -> Option<Request<'_>> {
+    if !text.trim_start().starts_with('{') {
+        return None;
+    }
+    serde_json::from_str(text).ok()
+}
+
+/// Keeps a present `null` as `Some("null")`, unlike `Option`'s own deserialisation, because
+/// `null` is a legitimate `id` or `data`.
+fn present<'de, D: Deserializer<'de>>(value: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(value).map(Some)
+}
+
+/// A JSON string borrowed from the frame when it has no escapes, decoded otherwise.
+#[derive(Deserialize)]
+struct JsonStr<'a>(
+    /// Borrowed in the common case, so reading a room or user name copies nothing.
+    #[serde(borrow)]
+    Cow<'a, str>,
+);
+
+/// The string `raw` holds, or `None` when it is another kind of value.
+fn string(raw: &RawValue) -> Option<Cow<'_, str>> {
+    serde_json::from_str::<JsonStr>(raw.get())
+        .ok()
+        .map(|text| text.0)
+}
+
+/// The validated room name, `None` when absent.
+fn room_name(raw: Option<&RawValue>) -> Result<Option<Cow<'_, str>>, Failure> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    match string(raw) {
+        Some(room) if !room.is_empty() && room.len() <= MAX_ROOM_NAME_BYTES => Ok(Some(room)),
+        _ => Err(Failure::BAD_ROOM),
+    }
+}
+
+/// A reply to the sender: `{"event","id"?,"code",("room")?,("data")?,("ts")?}`.
+#[derive(Serialize)]
+struct Reply<'a, D> {
+    /// The request's event name, so clients can route the answer.
+    event: &'a str,
+    /// The request's `id`, so clients can match answers to requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a RawValue>,
+    /// Always 0: the request succeeded.
+    code: u16,
+    /// Absent for ping and direct, `null` for an online count of everyone, the room otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    room: Option<Option<&'a str>>,
+    /// The answer's payload (counts, user lists), when the event has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<D>,
+    /// The server's clock, for ping.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ts: Option<u64>,
+}
+
+impl<'a, D> Reply<'a, D> {
+    /// A bare success reply to `event`, to which the handler adds its own fields.
+    fn ok(event: &'a str, request: &Request<'a>) -> Self {
+        Self {
+            event,
+            id: request.id,
+            code: 0,
+            room: None,
+            data: None,
+            ts: None,
+        }
+    }
+}
+
+/// An error reply: `{"event","id"?,"code","error"}`.
+#[derive(Serialize)]
+struct ErrorReply<'a> {
+    /// The request's event name, or `"error"` when it could not be read.
+    event: &'a str,
+    /// The request's `id` when it could be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a RawValue>,
+    /// What went wrong, for programs.
+    code: u16,
+    /// What went wrong, for people.
+    error: &'a str,
+}
+
+/// An event pushed to clients: `{"event","room"?,"from"?,"data","ts"?}`.
+#[derive(Serialize)]
+struct Pushed<'a, D> {
+    /// message, direct or presence.
+    event: &'a str,
+    /// The room it happened in; absent for direct messages and messages to everyone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    room: Option<&'a str>,
+    /// The sending user; absent for presence and for messages published over HTTP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from: Option<&'a str>,
+    /// The payload: the client's raw `data`, or presence details.
+    data: D,
+    /// When the server accepted it; absent for presence.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ts: Option<u64>,
+}
+
+/// `data` of a join reply.
+#[derive(Serialize)]
+struct Count {
+    /// Distinct users in the room after the join.
+    count: usize,
+}
+
+/// `data` of an online reply.
+#[derive(Serialize)]
+struct Online<'a> {
+    /// Distinct users, the length of `users`.
+    count: usize,
+    /// Their names, sorted so the answer is stable.
+    users: Vec<&'a str>,
+}
+
+/// `data` of a presence event.
+#[derive(Serialize)]
+struct Presence<'a> {
+    /// Who arrived or left.
+    user: &'a str,
+    /// `join` or `leave`.
+    state: &'a str,
+}
+
+fn ping(ctx: &Context, request: &Request, out: &mut Vec<Delivery>) -> Result<(), Failure> {
+    let reply = Reply::<()> {
+        ts: Some(ctx.now_ms),
+        ..Reply::ok("ping", request)
+    };
+    push(out, Target::Conn(ctx.conn), &reply);
+    Ok(())
+}
+
+fn join(
+    hub: &mut Hub,
+    ctx: &Context,
+    request: &Request,
+    out: &mut Vec<Delivery>,
+) -> Result<(), Failure> {
+    let room = room_name(request.room)?.ok_or(Failure::MISSING_ROOM)?;
+    if !(ctx.may_join)(&room) {
+        return Err(Failure::NOT_ALLOWED);
+    }
+    let joined = hub.join(ctx.conn, &room).ok_or(Failure::NOT_CONNECTED)?;
+    let reply = Reply {
+        room: Some(Some(&*room)),
+        data: Some(Count {
+            count: joined.users,
+        }),
+        ..Reply::ok("join", request)
+    };
+    push(out, Target::Conn(ctx.conn), &reply);
+    if joined.first_for_user
+        && joined.users > 1
+        && let Some(user) = hub.user_of(ctx.conn)
+    {
+        let others = Target::RoomExcept(room.to_string(), ctx.conn);
+        push(out, others, &presence(&room, user, "join"));
+    }
+    Ok(())
+}
+
+fn quit(
+    hub: &mut Hub,
+    ctx: &Context,
+    request: &Request,
+    out: &mut Vec<Delivery>,
+) -> Result<(), Failure> {
+    let room = room_name(request.room)?.ok_or(Failure::MISSING_ROOM)?;
+    let left = hub.quit(ctx.conn, &room).ok_or(Failure::NOT_IN_ROOM)?;
+    let reply = Reply::<()> {
+        room: Some(Some(&*room)),
+        ..Reply::ok("quit", request)
+    };
+    push(out, Target::Conn(ctx.conn), &reply);
+    if left.last_for_user
+        && !hub.room_members(&room).is_empty()
+        && let Some(user) = hub.user_of(ctx.conn)
+    {
+        let remaining = Target::Room(room.to_string());
+        push(out, remaining, &presence(&room, user, "leave"));
+    }
+    Ok(())
+}
+
+fn message(
+    hub: &Hub,
+    ctx: &Context,
+    request: &Request,
+    out: &mut Vec<Delivery>,
+) -> Result<(), Failure> {
+    let data = request.data.ok_or(Failure::MISSING_DATA)?;
+    let room = room_name(request.room)?;
+    let from = hub.user_of(ctx.conn).ok_or(Failure::NOT_CONNECTED)?;
+    if let Some(room) = &room
+        && !hub.is_member(ctx.conn, room)
+    {
+        return Err(Failure::NOT_A_MEMBER);
+    }
+    let json = relayed(
+        "message",
+        room.as_deref(),
+        Some(from),
+        data,
+        ctx.now_ms,
+        ctx.max_message_size,
+    )?;
+    let target = room.map_or(Target::All, |room| Target::Room(room.into_owned()));
+    out.push(Delivery { target, json });
+    Ok(())
+}
+
+fn direct(
+    hub: &Hub,
+    ctx: &Context,
+    request: &Request,
+    out: &mut Vec<Delivery>,
+) -> Result<(), Failure> {
+    let to = request.to.and_then(string).ok_or(Failure::BAD_TO)?;
+    let data = request.data.ok_or(Failure::MISSING_DATA)?;
+    let from = hub.user_of(ctx.conn).ok_or(Failure::NOT_CONNECTED)?;
+    if hub.user_connections(&to).is_empty() {
+        return Err(Failure::OFFLINE);
+    }
+    let json = relayed(
+        "direct",
+        None,
+        Some(from),
+        data,
+        ctx.now_ms,
+        ctx.max_message_size,
+    )?;
+    out.push(Delivery {
+        target: Target::User(to.into_owned()),
+        json,
+    });
+    push(
+        out,
+        Target::Conn(ctx.conn),
+        &Reply::<()>::ok("direct", request),
+    );
+    Ok(())
+}
+
+fn online(
+    hub: &Hub,
+    ctx: &Context,
+    request: &Request,
+    out: &mut Vec<Delivery>,
+) -> Result<(), Failure> {
+    let room = room_name(request.room)?;
+    let mut users: Vec<&str> = match &room {
+        Some(room) => hub.room_users(room).collect(),
+        None => hub.users().collect(),
+    };
+    users.sort_unstable();
+    let reply = Reply {
+        room: Some(room.as_deref()),
+        data: Some(Online {
+            count: users.len(),
+            users,
+        }),
+        ..Reply::ok("online", request)
+    };
+    push(out, Target::Conn(ctx.conn), &reply);
+    Ok(())
+}
+
+/// A presence event for the members of `room`.
+fn presence<'a>(room: &'a str, user: &'a str, state: &'a str) -> Pushed<'a, Presence<'a>> {
+    Pushed {
+        event: "presence",
+        room: Some(room),
+        from: None,
+        data: Presence { user, state },
+        ts: None,
+    }
+}
+
+/// Serialises a relayed message or direct event, refusing it with 413 when receivers with a
+/// `max_message_size` limit could not read it (an event that cannot be serialised at all,
+/// which our plain fields rule out, is refused the same way rather than sent half-made).
+fn relayed(
+    event: &str,
+    room: Option<&str>,
+    from: Option<&str>,
+    data: &RawValue,
+    now_ms: u64,
+    max_message_size: usize,
+) -> Result<String, Failure> {
+    let pushed = Pushed {
+        event,
+        room,
+        from,
+        data,
+        ts: Some(now_ms),
+    };
+    match serde_json::to_string(&pushed) {
+        Ok(json) if json.len() <= max_message_size => Ok(json),
+        _ => Err(Failure::TOO_LARGE),
+    }
+}
+
+fn reply_error(
+    out: &mut Vec<Delivery>,
+    conn: ConnId,
+    event: &str,
+    id: Option<&RawValue>,
+    failure: Failure,
+) {
+    let reply = ErrorReply {
+        event,
+        id,
+        code: failure.code,
+        error: failure.error,
+    };
+    push(out, Target::Conn(conn), &reply);
+}
+
+/// Serialises `value` once and queues it for `target`. Our reply types hold only strings,
+/// numbers and already-valid raw JSON, so serialisation cannot fail; were it ever to, the event
+/// is dropped rather than sent half-made.
+fn push<T: Serialize>(out: &mut Vec<Delivery>, target: Target, value: &T) {
+    if let Ok(json) = serde_json::to_string(value) {
+        out.push(Delivery { target, json });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_700_000_000_000;
+    const LIMIT: usize = 64 * 1024;
+
+    fn allow_all(_: &str) -> bool {
+        true
+    }
+
+    fn send(hub: &mut Hub, conn: usize, text: &str) -> Vec<Delivery> {
+        let ctx = Context {
+            conn: ConnId(conn),
+            now_ms: NOW,
+            may_join: &allow_all,
+            max_message_size: LIMIT,
+        };
+        let mut out = Vec::new();
+        handle(hub, &ctx, text, &mut out);
+        out
+    }
+
+    fn to_conn(conn: usize, json: &str) -> Delivery {
+        Delivery {
+            target: Target::Conn(ConnId(conn)),
+            json: json.to_string(),
+        }
+    }
+
+    fn to(target: Target, json: &str) -> Delivery {
+        Delivery {
+            target,
+            json: json.to_string(),
+        }
+    }
+
+    fn room(name: &str) -> Target {
+        Target::Room(name.to_string())
+    }
+
+    /// alice on connections 1 and 2 (two tabs), bob on 3, carol on 4.
+    fn hub() -> Hub {
+        let mut hub = Hub::new();
+        hub.connect(ConnId(1), "alice");
+        hub.connect(ConnId(2), "alice");
+        hub.connect(ConnId(3), "bob");
+        hub.connect(ConnId(4), "carol");
+        hub
+    }
+
+    fn recipients(hub: &Hub, target: &Target) -> Vec<usize> {
+        let mut conns: Vec<usize> = target.recipients(hub).map(|conn| conn.0).collect();
+        conns.sort_unstable();
+        conns
+    }
+
+    #[test]
+    fn ping_answers_with_the_server_time() {
+        let mut hub = hub();
+        assert_eq!(
+            send(&mut hub, 1, r#"{"event":"ping"}"#),
+            [to_conn(
+                1,
+                r#"{"event":"ping","code":0,"ts":1700000000000}"#
+            )]
+        );
+    }
+
+    #[test]
+    fn replies_echo_string_number_and_structured_ids() {
+        let mut hub = hub();
+        for (id, echoed) in [
+            (r#""req-7""#, r#""req-7""#),
+            ("42", "42"),
+            (r#" { "n" : [1, 2] } "#, r#"{ "n" : [1, 2] }"#),
+            ("null", "null"),
+        ] {
+            let request = format!(r#"{{"event":"ping","id":{id}}}"#);
+            let expected = format!(r#"{{"event":"ping","id":{echoed},"code":0,"ts":{NOW}}}"#);
+            assert_eq!(send(&mut hub, 1, &request), [to_conn(1, &expected)]);
+        }
+    }
+
+    #[test]
+    fn error_replies_echo_the_id_too() {
+        let mut hub = hub();
+        assert_eq!(
+            send(&mut hub, 1, r#"{"event":"quit","room":"lobby","id":5}"#),
+            [to_conn(
+                1,
+                r#"{"event":"quit","id":5,"code":404,"error":"not a member of this room"}"#
+            )]
+        );
+    }
+
+    #[test]
+    fn first_join_answers_count_and_tells_the_other_members() {
+        let mut hub = hub();
+        assert_eq!(
+            send(&mut hub, 3, r#"{"event":"join","room":"lobby"}"#),
+            [to_conn(
+                3,
+                r#"{"event":"join","code":0,"room":"lobby","data":{"count":1}}"#
+            )]
+        );
+        let out = send(&mut hub, 1, r#"{"event":"join","room":"lobby","id":1}"#);
+        assert_eq!(
+            out,
+            [
+                to_conn(
+                    1,
+                    r#"{"event":"join","id":1,"code":0,"room":"lobby","data":{"count":2}}"#
+                ),
+                to(
+                    Target::RoomExcept("lobby".into(), ConnId(1)),
+                    r#"{"event":"presence","room":"lobby","data":{"user":"alice","state":"join"}}"#
+                ),
+            ]
+        );
+        assert_eq!(recipients(&hub, &out[1].target), [3]);
+    }
+
+    #[test]
+    fn second_tab_joining_is_not_announced() {
+        let mut hub = hub();
+        send(&mut hub, 3, r#"{"event":"join","room":"lobby"}"#);
+        send(&mut hub, 1, r#"{"event":"join","room":"lobby"}"#);
+        assert_eq!(
+            send(&mut hub, 2, r#"{"event":"join","room":"lobby"}"#),
+            [to_conn(
+                2,
+                r#"{"event":"join","code":0,"room":"lobby","data":{"count":2}}"#
+            )]
+        );
+    }
+
+    #[test]
+    fn joining_again_answers_again_without_presence() {
+        let mut hub = hub();
+        send(&mut hub, 3, r#"{"event":"join","room":"lobby"}"#);
+        send(&mut hub, 1, r#"{"event":"join","room":"lobby"}"#);
+        assert_eq!(
+            send(&mut hub, 1, r#"{"event":"join","room":"lobby"}"#),
+            [to_conn(
+                1,
+                r#"{"event":"join","code":0,"room":"lobby","data":{"count":2}}"#
+            )]
+        );
+        assert_eq!(hub.room_members("lobby").len(), 2);
+    }
+
+    #[test]
+    fn join_outside_the_allowed_rooms_is_403_and_joins_nothing() {
+        let mut hub = hub();
+        let only_public = |room: &str| room.starts_with("public.");
+        let ctx = Context {
+            conn: ConnId(1),
+            now_ms: NOW,
+            may_join: &only_public,
+            max_message_size: LIMIT,
+        };
+        let mut out = Vec::new();
+        handle(
+            &mut hub,
+            &ctx,
+            r#"{"event":"join","room":"secret"}"#,
+            &mut out,
+        );
+        handle(
+            &mut hub,
+            &ctx,
+            r#"{"event":"join","room":"public.a"}"#,
+            &mut out,
+        );
+        assert_eq!(
+            out[0],
+            to_conn(
+                1,
+                r#"{"event":"join","code":403,"error":"not allowed to join this room"}"#
+            )
+        );
+        assert_eq!(out.len(), 2);
+        assert_eq!(hub.room_count(), 1);
+        assert!(!hub.is_member(ConnId(1), "secret"));
+    }
+
+    #[test]
+    fn bad_room_names_are_400() {
+        let mut hub = hub();
+        let too_long = "r".repeat(MAX_ROOM_NAME_BYTES + 1);
+        let longest = "r".repeat(MAX_ROOM_NAME_BYTES);
+        for room in [r#""""#, "7", "[]", &format!("\"{too_long}\"")] {
+            for event in ["join", "quit", "message", "online"] {
+                let request = format!(r#"{{"event":"{event}","room":{room},"data":1}}"#);
+                let expected = format!(
+                    r#"{{"event":"{event}","code":400,"error":"room must be a non-empty string of at most {MAX_ROOM_NAME_BYTES} bytes"}}"#
+                );
+                assert_eq!(send(&mut hub, 1, &request), [to_conn(1, &expected)]);
+            }
+        }
+        let request = format!(r#"{{"event":"join","room":"{longest}"}}"#);
+        assert!(send(&mut hub, 1, &request)[0].json.contains(r#""code":0"#));
+        assert!(hub.is_member(ConnId(1), &longest));
+        assert_eq!(hub.room_count(), 1);
+    }
+
+    #[test]
+    fn join_and_quit_without_a_room_are_400() {
+        let mut hub = hub();
+        for event in ["join", "quit"] {
+            let expected =
+                format!(r#"{{"event":"{event}","code":400,"error":"room is required"}}"#);
+            let request = format!(r#"{{"event":"{event}"}}"#);
+            assert_eq!(send(&mut hub, 1, &request), [to_conn(1, &expected)]);
+            let request = format!(r#"{{"event":"{event}","room":null}}"#);
+            assert_eq!(send(&mut hub, 1, &request), [to_conn(1, &expected)]);
+        }
+    }
+
+    #[test]
+    fn last_tab_quitting_tells_the_remaining_members() {
+        let mut hub = hub();
+        for conn in [1, 2, 3] {
+            send(&mut hub, conn, r#"{"event":"join","room":"lobby"}"#);
+        }
+        assert_eq!(
+            send(&mut hub, 1, r#"{"event":"quit","room":"lobby"}"#),
+            [to_conn(1, r#"{"event":"quit","code":0,"room":"lobby"}"#)]
+        );
+        let out = send(&mut hub, 2, r#"{"event":"quit","room":"lobby","id":"q"}"#);
+        assert_eq!(
+            out,
+            [
+                to_conn(2, r#"{"event":"quit","id":"q","code":0,"room":"lobby"}"#),
+                to(
+                    room("lobby"),
+                    r#"{"event":"presence","room":"lobby","data":{"user":"alice","state":"leave"}}"#
+                ),
+            ]
+        );
+        assert_eq!(recipients(&hub, &out[1].target), [3]);
+    }
+
+    #[test]
+    fn last_member_quitting_announces_to_nobody() {
+        let mut hub = hub();
+        send(&mut hub, 3, r#"{"event":"join","room":"lobby"}"#);
+        assert_eq!(
+            send(&mut hub, 3, r#"{"event":"quit","room":"lobby"}"#),
+            [to_conn(3, r#"{"event":"quit","code":0,"room":"lobby"}"#)]
+        );
+        assert_eq!(hub.room_count(), 0);
+    }
+
+    #[test]
+    fn closing_one_of_two_tabs_is_not_a_leave() {
+        let mut hub = hub();
+        for conn in [1, 2, 3] {
+            send(&mut hub, conn, r#"{"event":"join","room":"lobby"}"#);
+        }
+        let mut out = Vec::new();
+        disconnect(&mut hub, ConnId(1), &mut out);
+        assert_eq!(out, []);
+        assert_eq!(hub.room_user_count("lobby"), 2);
+    }
+
+    #[test]
+    fn disconnect_leaves_every_room_and_tells_the_remaining_members() {
+        let mut hub = hub();
+        for room in ["a", "b", "c"] {
+            send(
+                &mut hub,
+                1,
+                &format!(r#"{{"event":"join","room":"{room}"}}"#),
+            );
+        }
+        send(&mut hub, 3, r#"{"event":"join","room":"a"}"#);
+        send(&mut hub, 4, r#"{"event":"join","room":"b"}"#);
+        let mut out = Vec::new();
+        disconnect(&mut hub, ConnId(1), &mut out);
+        out.sort_by(|x, y| x.json.cmp(&y.json));
+        assert_eq!(
+            out,
+            [
+                to(
+                    room("a"),
+                    r#"{"event":"presence","room":"a","data":{"user":"alice","state":"leave"}}"#
+                ),
+                to(
+                    room("b"),
+                    r#"{"event":"presence","room":"b","data":{"user":"alice","state":"leave"}}"#
+                ),
+            ]
+        );
+        assert_eq!(hub.room_count(), 2);
+        assert!(!hub.is_member(ConnId(1), "c"));
+        assert_eq!(hub.user_connections("alice"), &[ConnId(2)]);
+        let mut again = Vec::new();
+        disconnect(&mut hub, ConnId(1), &mut again);
+        assert_eq!(again, []);
+    }
+
+    #[test]
+    fn room_message_reaches_every_member_sender_included() {
+        let mut hub = hub();
+        for conn in [1, 2, 3] {
+            send(&mut hub, conn, r#"{"event":"join","room":"lobby"}"#);
+        }
+        let out = send(
+            &mut hub,
+            3,
+            r#"{"event":"message","room":"lobby","data":{"text":"hi", "n":[1,2.50]}}"#,
+        );
+        assert_eq!(
+            out,
+            [to(
+                room("lobby"),
+                r#"{"event":"message","room":"lobby","from":"bob","data":{"text":"hi", "n":[1,2.50]},"ts":1700000000000}"#
+            )]
+        );
+        assert_eq!(recipients(&hub, &out[0].target), [1, 2, 3]);
+    }
+
+    #[test]
+    fn message_to_a_room_one_is_not_in_is_403() {
+        let mut hub = hub();
+        send(&mut hub, 3, r#"{"event":"join","room":"lobby"}"#);
+        assert_eq!(
+            send(
+                &mut hub,
+                1,
+                r#"{"event":"message","room":"lobby","data":"x"}"#
+            ),
+            [to_conn(
+                1,
+                r#"{"event":"message","code":403,"error":"join the room before sending to it"}"#
+            )]
+        );
+    }
+
+    #[test]
+    fn message_without_room_reaches_everyone_and_has_no_room_key() {
+        let mut hub = hub();
+        let out = send(&mut hub, 4, r#"{"event":"message","data":"hello all"}"#);
+        assert_eq!(
+            out,
+            [to(
+                Target::All,
+                r#"{"event":"message","from":"carol","data":"hello all","ts":1700000000000}"#
+            )]
+        );
+        assert_eq!(recipients(&hub, &out[0].target), [1, 2, 3, 4]);
+        let null_room = send(&mut hub, 4, r#"{"event":"message","room":null,"data":1}"#);
+        assert_eq!(null_room[0].target, Target::All);
+    }
+
+    #[test]
+    fn message_and_direct_need_data_but_null_is_data() {
+        let mut hub = hub();
+        assert_eq!(
+            send(&mut hub, 1, r#"{"event":"message"}"#),
+            [to_conn(
+                1,
+                r#"{"event":"message","code":400,"error":"data is required"}"#
+            )]
+        );
+        assert_eq!(
+            send(&mut hub, 1, r#"{"event":"direct","to":"bob"}"#),
+            [to_conn(
+                1,
+                r#"{"event":"direct","code":400,"error":"data is required"}"#
+            )]
+        );
+        assert_eq!(
+            send(&mut hub, 1, r#"{"event":"message","data":null}"#),
+            [to(
+                Target::All,
+                r#"{"event":"message","from":"alice","data":null,"ts":1700000000000}"#
+            )]
+        );
+    }
+
+    #[test]
+    fn direct_reaches_every_tab_of_the_user_and_answers_the_sender() {
+        let mut hub = hub();
+        let out = send(
+            &mut hub,
+            3,
+            r#"{"event":"direct","to":"alice","data":[1],"id":9}"#,
+        );
+        assert_eq!(
+            out,
+            [
+                to(
+                    Target::User("alice".into()),
+                    r#"{"event":"direct","from":"bob","data":[1],"ts":1700000000000}"#
+                ),
+                to_conn(3, r#"{"event":"direct","id":9,"code":0}"#),
+            ]
+        );
+        assert_eq!(recipients(&hub, &out[0].target), [1, 2]);
+    }
+
+    #[test]
+    fn direct_to_an_offline_user_is_404() {
+        let mut hub = hub();
+        assert_eq!(
+            send(&mut hub, 3, r#"{"event":"direct","to":"dave","data":1}"#),
+            [to_conn(
+                3,
+                r#"{"event":"direct","code":404,"error":"user is offline"}"#
+            )]
+        );
+    }
+
+    #[test]
+    fn direct_without_a_string_to_is_400() {
+        let mut hub = hub();
+        for request in [
+            r#"{"event":"direct","data":1}"#,
+            r#"{"event":"direct","to":3,"data":1}"#,
+        ] {
+            assert_eq!(
+                send(&mut hub, 3, request),
+                [to_conn(
+                    3,
+                    r#"{"event":"direct","code":400,"error":"to must be a string"}"#
+                )]
+            );
+        }
+    }
+
+    #[test]
+    fn relayed_event_over_the_size_limit_is_413_and_not_sent() {
+        let mut hub = hub();
+        send(&mut hub, 1, r#"{"event":"join","room":"lobby"}"#);
+        let ctx = Context {
+            conn: ConnId(1),
+            now_ms: NOW,
+            may_join: &allow_all,
+            max_message_size: 100,
+        };
+        let fits = format!(
+            r#"{{"event":"message","room":"lobby","data":"{}"}}"#,
+            "x".repeat(22)
+        );
+        let too_big = format!(
+            r#"{{"event":"message","room":"lobby","data":"{}"}}"#,
+            "x".repeat(23)
+        );
+        let direct = format!(
+            r#"{{"event":"direct","to":"bob","data":"{}"}}"#,
+            "x".repeat(90)
+        );
+        let mut out = Vec::new();
+        handle(&mut hub, &ctx, &fits, &mut out);
+        assert_eq!(out[0].json.len(), 100);
+        out.clear();
+        handle(&mut hub, &ctx, &too_big, &mut out);
+        handle(&mut hub, &ctx, &direct, &mut out);
+        assert_eq!(
+            out,
+            [
+                to_conn(
+                    1,
+                    r#"{"event":"message","code":413,"error":"message too large"}"#
+                ),
+                to_conn(
+                    1,
+                    r#"{"event":"direct","code":413,"error":"message too large"}"#
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn online_counts_distinct_users_in_a_room_or_everywhere() {
+        let mut hub = hub();
+        for conn in [1, 2, 4] {
+            send(&mut hub, conn, r#"{"event":"join","room":"lobby"}"#);
+        }
+        assert_eq!(
+            send(&mut hub, 3, r#"{"event":"online","room":"lobby"}"#),
+            [to_conn(
+                3,
+                r#"{"event":"online","code":0,"room":"lobby","data":{"count":2,"users":["alice","carol"]}}"#
+            )]
+        );
+        assert_eq!(
+            send(&mut hub, 3, r#"{"event":"online","id":"o"}"#),
+            [to_conn(
+                3,
+                r#"{"event":"online","id":"o","code":0,"room":null,"data":{"count":3,"users":["alice","bob","carol"]}}"#
+            )]
+        );
+        assert_eq!(
+            send(&mut hub, 3, r#"{"event":"online","room":"empty"}"#),
+            [to_conn(
+                3,
+                r#"{"event":"online","code":0,"room":"empty","data":{"count":0,"users":[]}}"#
+            )]
+        );
+    }
+
+    #[test]
+    fn unknown_event_is_404_with_its_name() {
+        let mut hub = hub();
+        assert_eq!(
+            send(&mut hub, 1, r#"{"event":"dance","id":[1]}"#),
+            [to_conn(
+                1,
+                r#"{"event":"dance","id":[1],"code":404,"error":"unknown event"}"#
+            )]
+        );
+    }
+
+    #[test]
+    fn missing_or_non_string_event_is_400_named_error() {
+        let mut hub = hub();
+        for request in [
+            r#"{"id":1}"#,
+            r#"{"event":7,"id":1}"#,
+            r#"{"event":null,"id":1}"#,
+        ] {
+            assert_eq!(
+                send(&mut hub, 1, request),
+                [to_conn(
+                    1,
+                    r#"{"event":"error","id":1,"code":400,"error":"event must be a string"}"#
+                )]
+            );
+        }
+    }
+
+    /// A tiny xorshift generator, so random tests need no crate and repeat exactly.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+    }
+
+    #[test]
+    fn malformed_json_flood_gets_400s_and_leaves_the_hub_unchanged() {
+        let mut hub = hub();
+        send(&mut hub, 1, r#"{"event":"join","room":"lobby"}"#);
+        let before = hub.clone();
+        let valid = [
+            r#"{"event":"join","room":"other","id":"x"}"#,
+            r#"{"event":"message","room":"lobby","data":{"a":[1,{"b":"\u00e9"}]}}"#,
+            r#"{"event":"direct","to":"bob","data":"\ud83d\ude00"}"#,
+        ];
+        let mut flood: Vec<String> = valid
+            .iter()
+            .flat_map(|request| (0..request.len()).map(|end| request[..end].to_string()))
+            .collect();
+        flood.extend(
+            [
+                "",
+                " ",
+                "null",
+                "[]",
+                "\"join\"",
+                "{\"event\":\"ping\"}}",
+                "{'event':'ping'}",
+                "{\"event\":\"ping\",}",
+                "[\"ping\",null,null,null,null]",
+                "{\"event\":\"join\",\"event\":\"ping\"}",
+                "\u{0}",
+            ]
+            .map(String::from),
+        );
+        flood.push("[".repeat(10_000));
+        let alphabet = b"{}[]\":,\\ nul1e.-tfabx\xc3\xa9";
+        let mut rng = Rng(42);
+        flood.extend((0..2_000).map(|_| {
+            let bytes: Vec<u8> = (0..rng.below(40))
+                .map(|_| alphabet[rng.below(alphabet.len())])
+                .collect();
+            String::from_utf8_lossy(&bytes).into_owned()
+        }));
+        let mut rejected = 0;
+        for text in &flood {
+            let out = send(&mut hub, 1, text);
+            assert_eq!(out.len(), 1, "one answer to {text:?}");
+            assert_eq!(out[0].target, Target::Conn(ConnId(1)), "{text:?}");
+            if serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text).is_err() {
+                let reply: serde_json::Value = serde_json::from_str(&out[0].json).expect("json");
+                assert_eq!(reply["code"], 400, "{text:?}");
+                assert_eq!(reply["event"], "error", "{text:?}");
+                rejected += 1;
+            }
+        }
+        assert!(rejected > 2_000);
+        assert_eq!(hub, before);
+    }
+
+    #[test]
+    fn weird_user_and_room_names_are_escaped_in_every_event() {
+        let mut hub = Hub::new();
+        let user = "bob \"the\" \\ <b>\n\u{1}ü😀";
+        let room_name = "r\"oo/m\t✓";
+        hub.connect(ConnId(1), user);
+        hub.connect(ConnId(2), "other");
+        let encoded_room = serde_json::to_string(room_name).expect("string");
+        send(
+            &mut hub,
+            2,
+            &format!(r#"{{"event":"join","room":{encoded_room}}}"#),
+        );
+        let join = send(
+            &mut hub,
+            1,
+            &format!(r#"{{"event":"join","room":{encoded_room}}}"#),
+        );
+        let message = send(
+            &mut hub,
+            1,
+            &format!(r#"{{"event":"message","room":{encoded_room},"data":"\"x\""}}"#),
+        );
+        assert_eq!(
+            join[1].json,
+            r#"{"event":"presence","room":"r\"oo/m\t✓","data":{"user":"bob \"the\" \\ <b>\n\u0001ü😀","state":"join"}}"#
+        );
+        let presence: serde_json::Value = serde_json::from_str(&join[1].json).expect("json");
+        assert_eq!(presence["room"], room_name);
+        assert_eq!(presence["data"]["user"], user);
+        let message: serde_json::Value = serde_json::from_str(&message[0].json).expect("json");
+        assert_eq!(message["from"], user);
+        assert_eq!(message["room"], room_name);
+        assert_eq!(message["data"], "\"x\"");
+        let online = send(&mut hub, 2, r#"{"event":"online"}"#);
+        let online: serde_json::Value = serde_json::from_str(&online[0].json).expect("json");
+        assert_eq!(online["data"]["users"][0], user);
+    }
+
+    #[test]
+    fn escaped_room_names_in_requests_are_decoded() {
+        let mut hub = hub();
+        send(&mut hub, 1, r#"{"event":"join","room":"caf\u00e9 \"x\""}"#);
+        assert!(hub.is_member(ConnId(1), "café \"x\""));
+        assert_eq!(
+            send(&mut hub, 1, r#"{"event":"quit","room":"café \"x\""}"#),
+            [to_conn(
+                1,
+                r#"{"event":"quit","code":0,"room":"café \"x\""}"#
+            )]
+        );
+    }
+
+    #[test]
+    fn unknown_connection_gets_403_and_changes_nothing() {
+        let mut hub = hub();
+        let before = hub.clone();
+        for event in ["join", "message", "direct"] {
+            let request = format!(r#"{{"event":"{event}","room":"a","to":"bob","data":1}}"#);
+            let expected = format!(
+                r#"{{"event":"{event}","code":403,"error":"connection is not registered"}}"#
+            );
+            assert_eq!(send(&mut hub, 99, &request), [to_conn(99, &expected)]);
+        }
+        assert_eq!(hub, before);
+    }
+
+    #[test]
+    fn refused_frames_name_their_event_when_readable() {
+        let mut out = Vec::new();
+        let conn = ConnId(1);
+        let request = r#"{"event":"message","id":3,"data":1}"#;
+        refuse(conn, Some(request), Failure::RATE_LIMITED, &mut out);
+        refuse(conn, None, Failure::BINARY_FRAME, &mut out);
+        refuse(conn, Some("garbage"), Failure::RATE_LIMITED, &mut out);
+        assert_eq!(
+            out,
+            [
+                to_conn(
+                    1,
+                    r#"{"event":"message","id":3,"code":429,"error":"rate limited"}"#
+                ),
+                to_conn(
+                    1,
+                    r#"{"event":"error","code":400,"error":"binary frames are not supported"}"#
+                ),
+                to_conn(1, r#"{"event":"error","code":429,"error":"rate limited"}"#),
+            ]
+        );
+    }
+
+    #[test]
+    fn publish_to_a_room_a_user_or_everyone_has_no_from() {
+        let mut hub = hub();
+        send(&mut hub, 3, r#"{"event":"join","room":"lobby"}"#);
+        let cases = [
+            (
+                r#"{"room":"lobby","data":{"k":1}}"#,
+                room("lobby"),
+                r#"{"event":"message","room":"lobby","data":{"k":1},"ts":1700000000000}"#,
+                vec![3],
+            ),
+            (
+                r#"{"to":"alice","data":"psst"}"#,
+                Target::User("alice".into()),
+                r#"{"event":"direct","data":"psst","ts":1700000000000}"#,
+                vec![1, 2],
+            ),
+            (
+                r#"{"data":true}"#,
+                Target::All,
+                r#"{"event":"message","data":true,"ts":1700000000000}"#,
+                vec![1, 2, 3, 4],
+            ),
+            (
+                r#"{"to":"nobody","data":0}"#,
+                Target::User("nobody".into()),
+                r#"{"event":"direct","data":0,"ts":1700000000000}"#,
+                vec![],
+            ),
+        ];
+        for (body, target, json, delivered) in cases {
+            let delivery = publish(NOW, LIMIT, body).expect("valid body");
+            assert_eq!(delivery, to(target, json));
+            assert_eq!(recipients(&hub, &delivery.target), delivered);
+        }
+    }
+
+    #[test]
+    fn publish_rejects_bad_bodies() {
+        let cases = [
+            ("not json", Failure::MALFORMED),
+            (r#"{"room":"lobby"}"#, Failure::MISSING_DATA),
+            (r#"{"room":"","data":1}"#, Failure::BAD_ROOM),
+            (r#"{"to":1,"data":1}"#, Failure::BAD_TO),
+            (r#"{"room":"a","to":"b","data":1}"#, Failure::ROOM_AND_TO),
+            (r#"{"data":"0123456789"}"#, Failure::TOO_LARGE),
+        ];
+        for (body, failure) in cases {
+            assert_eq!(publish(NOW, 50, body), Err(failure), "{body}");
+        }
+    }
+}

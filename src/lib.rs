@@ -1,0 +1,39 @@
+//! wshub: a WebSocket hub on one `mio` event loop.
+//!
+//! # Layout
+//!
+//! The shell (touches sockets, owns time):
+//! - [`server`]: the event loop: accept, read, dispatch, timers, flush, reap, shutdown.
+//! - [`conn`]: one connection's socket, phase (HTTP, open, closing) and liveness; the only
+//!   module that reads or writes a socket.
+//! - [`signals`]: SIGINT/SIGTERM/SIGHUP delivered to the loop through socket pairs.
+//!
+//! The core (plain data, no mio, time passed in):
+//! - [`http`]: request parsing, the route decision, the WebSocket upgrade, responses.
+//! - [`hub`]: rooms, users and their connections.
+//! - [`events`]: the JSON `events` protocol on top of the hub.
+//! - [`frame`]: server frames, encoded once per fan-out.
+//! - [`outbuf`]: a connection's pending output.
+//! - [`timer`]: the hashed timing wheel behind every timeout.
+//! - [`ratelimit`]: the per-connection token bucket.
+//! - [`metrics`]: counters rendered for Prometheus.
+//! - [`assets`]: the embedded chat page.
+//! - [`config`], [`units`]: flags, environment, config file; sizes and durations.
+
+pub mod assets;
+pub mod config;
+pub mod conn;
+pub mod events;
+pub mod frame;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod outbuf;
+pub mod ratelimit;
+pub mod server;
+pub mod signals;
+pub mod timer;
+pub mod units;
+
+pub use config::{Config, Protocol};
+pub use server::Server;

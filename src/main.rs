@@ -1,0 +1,72 @@
+//! The `wshub` daemon: read the configuration, raise the open-file limit, bind, run.
+
+use std::process::ExitCode;
+
+use log::{info, warn};
+use wshub::{Config, Server};
+
+fn main() -> ExitCode {
+    let config = match Config::load() {
+        Ok(config) => config,
+        Err(error) => error.exit(),
+    };
+    init_logging(config.log_level.as_deref());
+    raise_open_file_limit(config.max_connections);
+    let (protocol, ws_path) = (config.protocol, config.ws_path.clone());
+    let mut server = match Server::bind(config) {
+        Ok(server) => server,
+        Err(error) => {
+            eprintln!("wshub: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(error) = server.handle_signals() {
+        eprintln!("wshub: could not install signal handlers: {error}");
+        return ExitCode::FAILURE;
+    }
+    info!(
+        "listening on http://{} (WebSocket path {ws_path}, protocol {protocol:?})",
+        server.local_addr()
+    );
+    match server.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("wshub: event loop failed: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--log-level` wins, then `RUST_LOG`, then `info`.
+fn init_logging(level: Option<&str>) {
+    let filters = level
+        .map(str::to_owned)
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info".to_owned());
+    env_logger::Builder::new().parse_filters(&filters).format_target(false).init();
+}
+
+/// SPEC §2: raise the soft open-file limit to the hard limit, and warn when even that cannot
+/// hold `--max-connections` sockets.
+fn raise_open_file_limit(max_connections: usize) {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read or write the struct passed by pointer.
+    let raised = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return warn!("could not read the open-file limit: {}", std::io::Error::last_os_error());
+        }
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
+    };
+    if !raised {
+        warn!("could not raise the open-file limit: {}", std::io::Error::last_os_error());
+    }
+    // A few descriptors go to the listener, the poll and the signal pipes.
+    let usable = (limit.rlim_cur as usize).saturating_sub(16);
+    if usable < max_connections {
+        warn!(
+            "the open-file limit ({}) is below --max-connections ({max_connections}): at most about {usable} clients can connect",
+            limit.rlim_cur
+        );
+    }
+}

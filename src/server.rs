@@ -1,0 +1,823 @@
+//! The event loop: one `mio::Poll` on one thread owns the listener, every connection, the hub
+//! and the timers.
+//!
+//! Each turn: wait for readiness (or the next timer), read every ready socket and act on what
+//! arrived (HTTP requests, WebSocket messages), expire timers, close slow consumers, then write
+//! every connection with pending output once, at most [`MAX_WRITE_PER_TURN`] bytes each, and
+//! finally remove the connections that ended. A fan-out only appends the same frame bytes to each
+//! recipient's queue; nothing is written to a socket in the middle of one.
+
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use log::{debug, error, info, warn};
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+use tungstenite::Message;
+use tungstenite::protocol::WebSocketConfig;
+
+use crate::assets::Assets;
+use crate::config::{Config, Protocol};
+use crate::conn::{Connection, Due, Expiry, Feed, Flushed, Phase, Timeouts, close_code};
+use crate::events::{self, Delivery, Failure};
+use crate::frame::{self, OpCode};
+use crate::http::request::Limits;
+use crate::http::upgrade::switching_protocols;
+use crate::http::{Request, Response, Route, RouteContext, Upgrade, route};
+use crate::hub::{ConnId, Hub};
+use crate::metrics::{Gauges, HandshakeFailure, Metrics};
+use crate::ratelimit::TokenBucket;
+use crate::signals::Signals;
+use crate::timer::TimerWheel;
+
+const LISTENER: Token = Token(usize::MAX);
+const SHUTDOWN_SIGNAL: Token = Token(usize::MAX - 1);
+const HANGUP_SIGNAL: Token = Token(usize::MAX - 2);
+
+/// Most bytes written to one connection per turn, so one big backlog cannot starve the others
+/// (Redis uses the same 64 KiB).
+const MAX_WRITE_PER_TURN: usize = 64 * 1024;
+
+/// Most bytes read from one connection per turn before the others get their turn.
+const MAX_READ_PER_TURN: usize = 256 * 1024;
+
+/// Size of the one read buffer shared by every connection.
+const SCRATCH_SIZE: usize = 64 * 1024;
+
+/// tungstenite's per-connection read buffer. It is allocated eagerly (128 KiB by default), so
+/// it is kept small: bytes are read into the shared scratch buffer and tungstenite copies from
+/// there; a frame larger than this grows the buffer for that frame only.
+const WS_READ_BUFFER: usize = 256;
+
+/// Readiness events taken per poll.
+const EVENTS_CAPACITY: usize = 1024;
+
+/// How long to wait before accepting again after running out of file descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Longest user id accepted from `?user=` / `?id=`.
+const MAX_USER_BYTES: usize = 64;
+
+/// The server: bind with [`Server::bind`], then [`Server::run`] until shutdown.
+pub struct Server {
+    poll: Poll,
+    /// The listening socket; dropped when shutdown starts so new connections are refused.
+    listener: Option<TcpListener>,
+    /// The address actually bound (useful with port 0).
+    local_addr: SocketAddr,
+    /// The settings the server was started with.
+    config: Config,
+    /// The timeouts liveness checks apply, derived from `config` once.
+    timeouts: Timeouts,
+    /// tungstenite settings shared by every connection (sizes and limits).
+    ws_config: WebSocketConfig,
+    /// The page's files.
+    assets: Assets,
+    /// Connections and the per-turn lists about them.
+    out: Outputs,
+    /// Open WebSocket connections (the slab also holds HTTP and closing ones).
+    open_count: usize,
+    /// Rooms, users and their connections; every open WebSocket connection is registered.
+    hub: Hub,
+    /// One liveness timer per connection, keyed by slab key.
+    timers: TimerWheel<usize>,
+    metrics: Metrics,
+    /// The read buffer every connection is read into.
+    scratch: Vec<u8>,
+    /// Messages tungstenite produced for the connection being read, dispatched once the
+    /// connection is no longer borrowed.
+    inbox: Vec<Message>,
+    /// Events the `events` protocol asked to send, before they are framed and fanned out.
+    deliveries: Vec<Delivery>,
+    /// The frame being fanned out: encoded once, appended to every recipient.
+    frame: Vec<u8>,
+    /// Connections whose read budget ran out with input possibly left: read again next turn.
+    backlog: Vec<usize>,
+    /// Connections to remove at the end of the turn.
+    doomed: Vec<usize>,
+    /// Timers fired this turn.
+    fired: Vec<usize>,
+    /// The time of this turn: taken once after poll returns.
+    now: Instant,
+    /// Names anonymous users `anon-<n>`.
+    anon_counter: u64,
+    /// SIGINT/SIGTERM/SIGHUP pipes, when installed.
+    signals: Option<Signals>,
+    /// Set once shutdown began: connections are drained until then, and the loop ends.
+    drain_deadline: Option<Instant>,
+    /// Accepting is paused until then after the process ran out of file descriptors.
+    accept_paused_until: Option<Instant>,
+}
+
+/// The connections and the per-turn lists a fan-out appends to, kept apart from the hub so a
+/// room's member list can be walked while recipients' queues grow.
+struct Outputs {
+    conns: Slab<Connection>,
+    /// Connections with output to write this turn (each at most once: `Connection::dirty`).
+    dirty: Vec<usize>,
+    /// Connections flagged during a fan-out for exceeding `--max-buffered`; closed afterwards.
+    slow: Vec<usize>,
+    /// `--max-buffered`.
+    max_buffered: usize,
+}
+
+impl Outputs {
+    /// Appends `frame` to an open connection's output; false when it does not take messages.
+    fn send(&mut self, key: usize, frame: &[u8], now: Instant) -> bool {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return false;
+        };
+        if !conn.is_open() {
+            return false;
+        }
+        conn.push(frame, now);
+        if conn.output.len() > self.max_buffered {
+            conn.slow = true;
+            self.slow.push(key);
+        }
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(key);
+        }
+        true
+    }
+
+    /// Queues `key` for writing this turn if it has output.
+    fn mark_dirty(&mut self, key: usize) {
+        if let Some(conn) = self.conns.get_mut(key)
+            && !conn.dirty
+            && !conn.output.is_empty()
+        {
+            conn.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+}
+
+impl Server {
+    /// Binds the listener and loads the page; nothing runs until [`Server::run`].
+    pub fn bind(config: Config) -> io::Result<Server> {
+        let addr = resolve(&config.listen)?;
+        let std_listener = std::net::TcpListener::bind(addr)
+            .map_err(|e| io::Error::new(e.kind(), format!("could not bind {addr}: {e}")))?;
+        std_listener.set_nonblocking(true)?;
+        let mut listener = TcpListener::from_std(std_listener);
+        let local_addr = listener.local_addr()?;
+        let assets = match &config.assets {
+            Some(dir) => Assets::from_dir(dir)
+                .map_err(|e| io::Error::new(e.kind(), format!("could not read assets from {}: {e}", dir.display())))?,
+            None => Assets::embedded(),
+        };
+        let poll = Poll::new()?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let now = Instant::now();
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(WS_READ_BUFFER)
+            .write_buffer_size(0)
+            .max_message_size(Some(config.max_message_size))
+            .max_frame_size(Some(config.max_message_size));
+        Ok(Server {
+            poll,
+            listener: Some(listener),
+            local_addr,
+            timeouts: Timeouts {
+                handshake: config.handshake_timeout,
+                ping_interval: config.ping_interval,
+                idle: config.idle_timeout,
+                write: config.write_timeout,
+            },
+            ws_config,
+            assets,
+            out: Outputs { conns: Slab::new(), dirty: Vec::new(), slow: Vec::new(), max_buffered: config.max_buffered },
+            open_count: 0,
+            hub: Hub::new(),
+            timers: TimerWheel::new(now),
+            metrics: Metrics::default(),
+            scratch: vec![0; SCRATCH_SIZE],
+            inbox: Vec::new(),
+            deliveries: Vec::new(),
+            frame: Vec::new(),
+            backlog: Vec::new(),
+            doomed: Vec::new(),
+            fired: Vec::new(),
+            now,
+            anon_counter: 0,
+            signals: None,
+            drain_deadline: None,
+            accept_paused_until: None,
+            config,
+        })
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Makes SIGINT/SIGTERM start a graceful shutdown and SIGHUP harmless (process-wide, so
+    /// only the daemon calls it, not tests that run several servers in one process).
+    pub fn handle_signals(&mut self) -> io::Result<()> {
+        self.signals = Some(Signals::install(self.poll.registry(), SHUTDOWN_SIGNAL, HANGUP_SIGNAL)?);
+        Ok(())
+    }
+
+    /// Runs the loop until a shutdown signal has been handled and the connections drained.
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            self.now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(),
+                    SHUTDOWN_SIGNAL => self.on_shutdown_signal(),
+                    HANGUP_SIGNAL => {
+                        if let Some(signals) = &mut self.signals {
+                            signals.drain();
+                        }
+                        info!("SIGHUP received: there is nothing to reload; still running");
+                    }
+                    Token(key) => {
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.on_readable(key);
+                        }
+                        if event.is_writable() {
+                            self.out.mark_dirty(key);
+                        }
+                    }
+                }
+            }
+            self.end_turn();
+            if let Some(deadline) = self.drain_deadline
+                && (self.out.conns.is_empty() || self.now >= deadline)
+            {
+                info!("shutdown complete ({} connections left undrained)", self.out.conns.len());
+                return Ok(());
+            }
+        }
+    }
+
+    /// Everything after the readiness events: backlog reads, timers, slow consumers, writes,
+    /// removals.
+    fn end_turn(&mut self) {
+        for key in std::mem::take(&mut self.backlog) {
+            self.on_readable(key);
+        }
+        if self.accept_paused_until.is_some_and(|until| self.now >= until) {
+            self.accept_paused_until = None;
+            self.accept();
+        }
+        self.expire_timers();
+        self.close_slow_consumers();
+        self.flush();
+        self.reap();
+    }
+
+    fn poll_timeout(&mut self) -> Option<Duration> {
+        if !self.out.dirty.is_empty() || !self.backlog.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let now = Instant::now();
+        [
+            self.timers.next_timeout(now),
+            self.accept_paused_until.map(|t| t.saturating_duration_since(now)),
+            self.drain_deadline.map(|t| t.saturating_duration_since(now)),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn accept(&mut self) {
+        loop {
+            if self.accept_paused_until.is_some() {
+                return;
+            }
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((socket, peer)) => self.add_connection(socket, peer),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
+                Err(e) => {
+                    // Typically EMFILE: the descriptor limit is reached. The pending connection
+                    // stays in the backlog; try again shortly instead of spinning.
+                    error!("accept failed: {e}; pausing accepts for {ACCEPT_BACKOFF:?}");
+                    self.accept_paused_until = Some(self.now + ACCEPT_BACKOFF);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn add_connection(&mut self, socket: mio::net::TcpStream, peer: SocketAddr) {
+        // Writes are already coalesced per turn, so Nagle would only add latency.
+        if let Err(e) = socket.set_nodelay(true) {
+            debug!("{peer}: set_nodelay failed: {e}");
+        }
+        let entry = self.out.conns.vacant_entry();
+        let key = entry.key();
+        let mut conn = Connection::new(socket, peer, self.now);
+        if let Err(e) = conn.register(self.poll.registry(), Token(key)) {
+            error!("{peer}: could not register the connection: {e}");
+            return;
+        }
+        let deadline = conn.earliest_deadline(&self.timeouts);
+        conn.timer = Some((self.timers.arm(deadline, key), deadline));
+        entry.insert(conn);
+    }
+
+    /// Reads `key` until `WouldBlock` (or its budget for this turn) and acts on every byte.
+    fn on_readable(&mut self, key: usize) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let mut budget = MAX_READ_PER_TURN;
+        while let Some(conn) = self.out.conns.get_mut(key) {
+            if conn.doomed || conn.peer_closed {
+                break;
+            }
+            match conn.read(&mut scratch, self.now) {
+                Ok(0) => {
+                    self.on_eof(key);
+                    break;
+                }
+                Ok(n) => {
+                    self.metrics.bytes_received += n as u64;
+                    self.on_input(key, &scratch[..n]);
+                    budget = budget.saturating_sub(n);
+                    if budget == 0 {
+                        self.backlog.push(key);
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    debug!("{}: read failed: {e}", conn.peer);
+                    self.doom(key);
+                    break;
+                }
+            }
+        }
+        self.scratch = scratch;
+    }
+
+    fn on_input(&mut self, key: usize, bytes: &[u8]) {
+        let conn = &mut self.out.conns[key];
+        match &mut conn.phase {
+            Phase::Http(reader) => {
+                reader.push(bytes);
+                self.serve_requests(key);
+            }
+            Phase::Open(_) => self.feed(key, bytes),
+            Phase::Closing => {}
+        }
+    }
+
+    /// Hands WebSocket bytes to tungstenite and dispatches the messages that completed.
+    fn feed(&mut self, key: usize, bytes: &[u8]) {
+        let conn = &mut self.out.conns[key];
+        let Some(feed) = conn.feed(bytes, &self.ws_config, &mut self.inbox, self.now) else {
+            return;
+        };
+        let mut inbox = std::mem::take(&mut self.inbox);
+        for message in inbox.drain(..) {
+            self.on_message(key, message);
+        }
+        self.inbox = inbox;
+        match feed {
+            Feed::Open => {}
+            Feed::Closed => {
+                debug!("{}: closed by the client", self.out.conns[key].peer);
+                self.unregister(key);
+                self.out.conns[key].begin_closing(self.now);
+                self.reschedule(key);
+            }
+            Feed::Failed(code, reason) => {
+                warn!("{}: closing with {code}: {reason}", self.out.conns[key].peer);
+                self.close(key, code, reason);
+            }
+        }
+        self.out.mark_dirty(key);
+    }
+
+    fn on_message(&mut self, key: usize, message: Message) {
+        let (opcode, payload) = match &message {
+            Message::Text(text) => (OpCode::Text, text.as_bytes()),
+            Message::Binary(bytes) => (OpCode::Binary, &bytes[..]),
+            _ => return,
+        };
+        self.metrics.messages_received += 1;
+        let Phase::Open(session) = &mut self.out.conns[key].phase else {
+            return;
+        };
+        let allowed = session.bucket.as_mut().is_none_or(|bucket| bucket.try_take(self.now));
+        match self.config.protocol {
+            Protocol::Raw | Protocol::Echo if !allowed => {}
+            Protocol::Raw => {
+                self.frame.clear();
+                frame::encode(opcode, payload, &mut self.frame);
+                let mut delivered = 0;
+                for conn in self.hub.connections() {
+                    delivered += u64::from(self.out.send(conn.0, &self.frame, self.now));
+                }
+                self.metrics.messages_delivered += delivered;
+            }
+            Protocol::Echo => {
+                self.frame.clear();
+                frame::encode(opcode, payload, &mut self.frame);
+                self.metrics.messages_delivered += u64::from(self.out.send(key, &self.frame, self.now));
+            }
+            Protocol::Events => {
+                let text = match &message {
+                    Message::Text(text) => Some(text.as_str()),
+                    _ => None,
+                };
+                let mut deliveries = std::mem::take(&mut self.deliveries);
+                match text {
+                    Some(text) if allowed => {
+                        let ctx = events::Context {
+                            conn: ConnId(key),
+                            now_ms: unix_ms(),
+                            may_join: &|_| true,
+                            max_message_size: self.config.max_message_size,
+                        };
+                        events::handle(&mut self.hub, &ctx, text, &mut deliveries);
+                    }
+                    Some(text) => events::refuse(ConnId(key), Some(text), Failure::RATE_LIMITED, &mut deliveries),
+                    None => events::refuse(ConnId(key), None, Failure::BINARY_FRAME, &mut deliveries),
+                }
+                self.deliver(&mut deliveries);
+                self.deliveries = deliveries;
+            }
+        }
+    }
+
+    /// Frames each delivery once and appends it to every recipient.
+    fn deliver(&mut self, deliveries: &mut Vec<Delivery>) {
+        for delivery in deliveries.drain(..) {
+            self.frame.clear();
+            frame::encode(OpCode::Text, delivery.json.as_bytes(), &mut self.frame);
+            let mut delivered = 0;
+            for conn in delivery.target.recipients(&self.hub) {
+                delivered += u64::from(self.out.send(conn.0, &self.frame, self.now));
+            }
+            self.metrics.messages_delivered += delivered;
+        }
+    }
+
+    /// Answers every complete request buffered on an HTTP connection.
+    fn serve_requests(&mut self, key: usize) {
+        let limits = Limits { max_head: self.config.max_header_bytes, max_body: self.config.max_message_size };
+        loop {
+            let conn = &mut self.out.conns[key];
+            let Phase::Http(reader) = &mut conn.phase else {
+                return;
+            };
+            let (request, _body) = match reader.next(limits) {
+                Ok(Some(request)) => request,
+                Ok(None) => return,
+                Err(response) => {
+                    debug!("{}: bad request: {}", conn.peer, response.status);
+                    self.metrics.handshake_failed(HandshakeFailure::from_status(response.status));
+                    self.respond(key, &response, true);
+                    return;
+                }
+            };
+            let ctx = RouteContext {
+                ws_path: &self.config.ws_path,
+                allow_origins: &self.config.allow_origins,
+                assets: &self.assets,
+                at_capacity: self.open_count >= self.config.max_connections,
+            };
+            let response = match route(&request, &ctx) {
+                Route::Upgrade(upgrade) => {
+                    self.upgrade(key, &request, &upgrade);
+                    return;
+                }
+                Route::Metrics => Response::new(
+                    200,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    self.render_metrics().into_bytes(),
+                ),
+                Route::Respond(response) => {
+                    if request.path == self.config.ws_path {
+                        self.metrics.handshake_failed(HandshakeFailure::from_status(response.status));
+                    }
+                    response
+                }
+            };
+            let response = if request.keep_alive() { response } else { response.closing() };
+            self.respond(key, &response, request.method != "HEAD");
+            if response.close {
+                return;
+            }
+        }
+    }
+
+    /// Queues an HTTP response; a closing response ends the connection once it is written.
+    fn respond(&mut self, key: usize, response: &Response, include_body: bool) {
+        let mut bytes = Vec::with_capacity(256 + response.body.len());
+        response.encode(include_body, &mut bytes);
+        let conn = &mut self.out.conns[key];
+        conn.push(&bytes, self.now);
+        if response.close {
+            conn.begin_closing(self.now);
+            self.reschedule(key);
+        } else {
+            conn.restart_phase(self.now);
+        }
+        self.out.mark_dirty(key);
+    }
+
+    /// Switches an HTTP connection to WebSocket: `101`, the hub, and any bytes that came
+    /// after the request head in the same packet.
+    fn upgrade(&mut self, key: usize, request: &Request, upgrade: &Upgrade) {
+        let user = match request.query_param("user").or_else(|| request.query_param("id")) {
+            Some(user) if valid_user(&user) => Rc::from(user.as_ref()),
+            Some(_) => {
+                let response = Response::fatal(400, "user must be 1 to 64 printable characters\n");
+                self.metrics.handshake_failed(HandshakeFailure::Malformed);
+                self.respond(key, &response, true);
+                return;
+            }
+            None => {
+                self.anon_counter += 1;
+                Rc::from(format!("anon-{}", self.anon_counter))
+            }
+        };
+        let mut bytes = Vec::with_capacity(256);
+        switching_protocols(upgrade).encode(true, &mut bytes);
+        let bucket = self.config.rate_limit.map(|rate| TokenBucket::new(rate, self.now));
+        let conn = &mut self.out.conns[key];
+        conn.push(&bytes, self.now);
+        let rest = match &mut conn.phase {
+            Phase::Http(reader) => reader.take_rest(),
+            _ => Vec::new(),
+        };
+        debug!("{}: WebSocket open as {user}", conn.peer);
+        self.hub.connect(ConnId(key), &user);
+        conn.open(user, bucket, self.timeouts.ping_interval, self.now);
+        self.open_count += 1;
+        self.metrics.connections_total += 1;
+        self.reschedule(key);
+        self.out.mark_dirty(key);
+        if !rest.is_empty() {
+            self.feed(key, &rest);
+        }
+    }
+
+    fn on_eof(&mut self, key: usize) {
+        let conn = &mut self.out.conns[key];
+        conn.peer_closed = true;
+        if matches!(conn.phase, Phase::Open(_)) {
+            debug!("{}: connection closed without a close handshake", conn.peer);
+        }
+        self.unregister(key);
+        let conn = &mut self.out.conns[key];
+        if conn.output.is_empty() {
+            self.doom(key);
+        } else {
+            conn.begin_closing(self.now);
+            self.reschedule(key);
+        }
+    }
+
+    /// Queues a Close frame with `code`, stops taking messages, and leaves the hub.
+    fn close(&mut self, key: usize, code: u16, reason: &str) {
+        self.unregister(key);
+        self.out.conns[key].close_with(code, reason, self.now);
+        self.reschedule(key);
+        self.out.mark_dirty(key);
+    }
+
+    /// Removes an open connection from the hub, telling its rooms when its user left them.
+    fn unregister(&mut self, key: usize) {
+        if !matches!(self.out.conns[key].phase, Phase::Open(_)) {
+            return;
+        }
+        self.open_count -= 1;
+        self.out.conns[key].begin_closing(self.now);
+        let mut deliveries = std::mem::take(&mut self.deliveries);
+        if self.config.protocol == Protocol::Events {
+            events::disconnect(&mut self.hub, ConnId(key), &mut deliveries);
+        } else {
+            self.hub.disconnect(ConnId(key));
+        }
+        self.deliver(&mut deliveries);
+        self.deliveries = deliveries;
+    }
+
+    /// Pulls the connection's timer earlier when its state now needs an earlier check.
+    fn reschedule(&mut self, key: usize) {
+        let conn = &mut self.out.conns[key];
+        let deadline = conn.earliest_deadline(&self.timeouts);
+        if conn.timer.is_some_and(|(_, at)| at <= deadline) {
+            return;
+        }
+        if let Some((id, _)) = conn.timer.take() {
+            self.timers.cancel(id);
+        }
+        conn.timer = Some((self.timers.arm(deadline, key), deadline));
+    }
+
+    fn expire_timers(&mut self) {
+        let mut fired = std::mem::take(&mut self.fired);
+        self.timers.expire(self.now, &mut fired);
+        for key in fired.drain(..) {
+            let Some(conn) = self.out.conns.get_mut(key) else {
+                continue;
+            };
+            conn.timer = None;
+            if conn.doomed {
+                continue;
+            }
+            let peer = conn.peer;
+            match conn.check(self.now, &self.timeouts) {
+                Due::Later { at, ping } => {
+                    if ping {
+                        self.frame.clear();
+                        frame::encode(OpCode::Ping, b"", &mut self.frame);
+                        self.out.conns[key].push(&self.frame, self.now);
+                        self.out.mark_dirty(key);
+                    }
+                    self.out.conns[key].timer = Some((self.timers.arm(at, key), at));
+                }
+                Due::Expired(expiry) => {
+                    debug!("{peer}: {expiry:?} timeout");
+                    match expiry {
+                        Expiry::Idle => self.close(key, close_code::GOING_AWAY, "idle timeout"),
+                        Expiry::Handshake => {
+                            self.metrics.handshake_failed(HandshakeFailure::Timeout);
+                            self.doom(key);
+                        }
+                        Expiry::WriteStall | Expiry::Linger => self.doom(key),
+                    }
+                }
+            }
+        }
+        self.fired = fired;
+    }
+
+    /// Closes every connection flagged during this turn's fan-outs: its queue is cut after the
+    /// frame being written, then Close 1008 follows.
+    fn close_slow_consumers(&mut self) {
+        for key in std::mem::take(&mut self.out.slow) {
+            let Some(conn) = self.out.conns.get_mut(key) else {
+                continue;
+            };
+            if conn.doomed || !matches!(conn.phase, Phase::Open(_)) {
+                continue;
+            }
+            let pending = conn.output.len();
+            conn.output.cut_after_current_frame();
+            warn!("{}: slow consumer with {pending} bytes pending; disconnecting", conn.peer);
+            self.metrics.slow_consumer_disconnects += 1;
+            self.close(key, close_code::POLICY_VIOLATION, "slow consumer");
+        }
+    }
+
+    /// Writes each connection with pending output once.
+    fn flush(&mut self) {
+        let mut dirty = std::mem::take(&mut self.out.dirty);
+        let mut sent = 0;
+        let mut blocked = Vec::new();
+        dirty.retain(|&key| {
+            let Some(conn) = self.out.conns.get_mut(key) else {
+                return false;
+            };
+            if conn.doomed {
+                conn.dirty = false;
+                return false;
+            }
+            let before = conn.output.len();
+            let result = conn.flush(MAX_WRITE_PER_TURN, self.now);
+            sent += before - conn.output.len();
+            let keep = match result {
+                Ok(Flushed::Partial) => return true,
+                Ok(Flushed::Drained) => {
+                    if let Err(e) = conn.want_writable(self.poll.registry(), Token(key), false) {
+                        debug!("{}: reregister failed: {e}", conn.peer);
+                    }
+                    if matches!(conn.phase, Phase::Closing) {
+                        conn.shutdown_write();
+                        if conn.peer_closed {
+                            self.doomed.push(key);
+                            conn.doomed = true;
+                        }
+                    }
+                    false
+                }
+                Ok(Flushed::Blocked) => {
+                    if let Err(e) = conn.want_writable(self.poll.registry(), Token(key), true) {
+                        debug!("{}: reregister failed: {e}", conn.peer);
+                    }
+                    blocked.push(key);
+                    false
+                }
+                Err(e) => {
+                    debug!("{}: write failed: {e}", conn.peer);
+                    self.doomed.push(key);
+                    conn.doomed = true;
+                    false
+                }
+            };
+            conn.dirty = keep;
+            keep
+        });
+        self.metrics.bytes_sent += sent as u64;
+        // New dirty entries may have been added during the pass (none today); keep both.
+        dirty.append(&mut self.out.dirty);
+        self.out.dirty = dirty;
+        for key in blocked {
+            self.reschedule(key);
+        }
+    }
+
+    fn doom(&mut self, key: usize) {
+        if let Some(conn) = self.out.conns.get_mut(key)
+            && !conn.doomed
+        {
+            conn.doomed = true;
+            self.doomed.push(key);
+        }
+    }
+
+    /// Removes the connections that ended this turn.
+    fn reap(&mut self) {
+        for key in std::mem::take(&mut self.doomed) {
+            if !self.out.conns.contains(key) {
+                continue;
+            }
+            self.unregister(key);
+            let mut conn = self.out.conns.remove(key);
+            if let Some((id, _)) = conn.timer.take() {
+                self.timers.cancel(id);
+            }
+            debug!("{}: connection removed", conn.peer);
+        }
+    }
+
+    fn on_shutdown_signal(&mut self) {
+        if let Some(signals) = &mut self.signals {
+            signals.drain();
+        }
+        if self.drain_deadline.is_some() {
+            return;
+        }
+        info!(
+            "shutting down: closing {} WebSocket connections (drain up to {:?})",
+            self.open_count, self.config.drain_timeout
+        );
+        self.drain_deadline = Some(self.now + self.config.drain_timeout);
+        if let Some(mut listener) = self.listener.take() {
+            // Dropping the listener closes the port; deregistering first keeps poll tidy.
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        let keys: Vec<usize> = self.out.conns.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            let conn = &mut self.out.conns[key];
+            match conn.phase {
+                Phase::Open(_) => self.close(key, close_code::GOING_AWAY, "server shutting down"),
+                Phase::Http(_) if conn.output.is_empty() => self.doom(key),
+                Phase::Http(_) => conn.begin_closing(self.now),
+                Phase::Closing => {}
+            }
+        }
+    }
+
+    fn render_metrics(&self) -> String {
+        self.metrics.render(Gauges {
+            connections: self.open_count,
+            rooms: self.hub.room_count(),
+            users: self.hub.user_count(),
+        })
+    }
+}
+
+fn resolve(listen: &str) -> io::Result<SocketAddr> {
+    listen
+        .to_socket_addrs()
+        .map_err(|e| io::Error::new(e.kind(), format!("invalid --listen address {listen:?}: {e}")))?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("--listen {listen:?} resolves to no address")))
+}
+
+fn valid_user(user: &str) -> bool {
+    !user.is_empty() && user.len() <= MAX_USER_BYTES && !user.chars().any(char::is_control)
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
