@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
 
+use crate::netaddr::Cidr;
 use crate::units::{parse_duration, parse_size};
 
 /// What the server does with the messages clients send (SPEC §5).
@@ -92,6 +93,27 @@ pub struct Config {
     #[arg(long, env = "WSHUB_RATE_LIMIT", value_name = "MSGS_PER_SEC", value_parser = clap::value_parser!(u32).range(1..))]
     pub rate_limit: Option<u32>,
 
+    /// HS256 secret: WebSocket clients must present a JWT (query `token`, `Authorization: Bearer`
+    /// or a `bearer.<JWT>` subprotocol) whose `sub` becomes their user id.
+    #[arg(long, env = "WSHUB_JWT_SECRET", hide_env_values = true, conflicts_with = "jwt_secret_file")]
+    pub jwt_secret: Option<String>,
+
+    /// Read the HS256 secret from this file (trailing newline ignored) instead of --jwt-secret.
+    #[arg(long, env = "WSHUB_JWT_SECRET_FILE", value_name = "FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+
+    /// Clock skew tolerated when checking a token's `exp` and `nbf`.
+    #[arg(long, env = "WSHUB_JWT_LEEWAY", default_value = "30s", value_parser = parse_duration)]
+    pub jwt_leeway: Duration,
+
+    /// Key for the HTTP API (`Authorization: Bearer KEY` on /api/*); without it the API is off.
+    #[arg(long, env = "WSHUB_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Proxy whose X-Forwarded-For / X-Real-IP is believed for the client address (repeatable).
+    #[arg(long = "trusted-proxy", env = "WSHUB_TRUSTED_PROXY", value_name = "CIDR", value_delimiter = ',')]
+    pub trusted_proxies: Vec<Cidr>,
+
     /// Log level (error, warn, info, debug, trace); defaults to RUST_LOG, else info.
     #[arg(long, env = "WSHUB_LOG_LEVEL")]
     pub log_level: Option<String>,
@@ -120,9 +142,20 @@ impl Config {
             command = apply_file_defaults(command, &path)?;
         }
         let matches: ArgMatches = command.try_get_matches_from_mut(args)?;
-        let config = Config::from_arg_matches(&matches)?;
+        let mut config = Config::from_arg_matches(&matches)?;
+        config.read_secret_file().map_err(|message| Config::command().error(clap::error::ErrorKind::Io, message))?;
         config.validate().map_err(|message| Config::command().error(clap::error::ErrorKind::ValueValidation, message))?;
         Ok(config)
+    }
+
+    /// Moves the secret from `--jwt-secret-file` into `jwt_secret`.
+    fn read_secret_file(&mut self) -> Result<(), String> {
+        if let Some(path) = &self.jwt_secret_file {
+            let secret = std::fs::read_to_string(path)
+                .map_err(|e| format!("could not read --jwt-secret-file {}: {e}", path.display()))?;
+            self.jwt_secret = Some(secret.trim_end_matches(['\r', '\n']).to_owned());
+        }
+        Ok(())
     }
 
     /// Cross-field rules that a single flag's parser cannot see.
@@ -133,6 +166,12 @@ impl Config {
                 crate::units::format_size(self.max_buffered),
                 crate::units::format_size(self.max_message_size)
             ));
+        }
+        if self.jwt_secret.as_deref().is_some_and(str::is_empty) {
+            return Err("the JWT secret must not be empty (anyone could sign tokens)".into());
+        }
+        if self.api_key.as_deref().is_some_and(str::is_empty) {
+            return Err("--api-key must not be empty".into());
         }
         if self.max_connections == 0 {
             return Err("--max-connections must be at least 1".into());
@@ -258,6 +297,25 @@ mod tests {
         assert!(Config::load_from(["wshub", "--ws-path", "ws"]).is_err());
         assert!(Config::load_from(["wshub", "--ws-path", "/healthz"]).is_err());
         assert!(Config::load_from(["wshub", "--max-buffered", "1KiB"]).is_err());
+    }
+
+    #[test]
+    fn jwt_secret_comes_from_a_file_and_must_not_be_empty() {
+        let path = std::env::temp_dir().join(format!("wshub-secret-test-{}", std::process::id()));
+        std::fs::write(&path, "s3cret\n").unwrap();
+        let config = Config::load_from(["wshub", "--jwt-secret-file", path.to_str().unwrap()]).unwrap();
+        assert_eq!(config.jwt_secret.as_deref(), Some("s3cret"));
+        std::fs::write(&path, "\n").unwrap();
+        assert!(Config::load_from(["wshub", "--jwt-secret-file", path.to_str().unwrap()]).is_err());
+        std::fs::remove_file(&path).unwrap();
+        assert!(Config::load_from(["wshub", "--jwt-secret", "a", "--jwt-secret-file", "/x"]).is_err());
+    }
+
+    #[test]
+    fn trusted_proxies_parse_as_cidrs() {
+        let config = Config::load_from(["wshub", "--trusted-proxy", "10.0.0.0/8", "--trusted-proxy=::1"]).unwrap();
+        assert_eq!(config.trusted_proxies.len(), 2);
+        assert!(Config::load_from(["wshub", "--trusted-proxy", "10.0.0.0/33"]).is_err());
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! [`Connection::check`] what is due, so nothing is re-armed per frame.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,7 @@ use mio::{Interest, Registry, Token};
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::{Error as WsError, Message};
 
+use crate::auth::RoomRule;
 use crate::frame;
 use crate::http::request::RequestReader;
 use crate::outbuf::OutputQueue;
@@ -52,6 +53,9 @@ pub struct Session {
     pub user: Rc<str>,
     /// Per-connection message budget when `--rate-limit` is set.
     pub bucket: Option<TokenBucket>,
+    /// The JWT `rooms` claim: which rooms this connection may join (`None`: any). Boxed so a
+    /// connection without one pays a pointer.
+    pub rooms: Option<Box<RoomRule>>,
     /// When the next server Ping is due.
     next_ping: Instant,
 }
@@ -113,8 +117,11 @@ pub enum Flushed {
 pub struct Connection {
     /// The socket; nothing outside this module reads or writes it.
     socket: TcpStream,
-    /// The peer's address, for logs.
+    /// The socket's peer: the client, or a proxy in front of it.
     pub peer: SocketAddr,
+    /// The client's address as far as it can be trusted: the peer, or what a `--trusted-proxy`
+    /// peer reports in X-Forwarded-For / X-Real-IP. Shown in logs.
+    pub client: IpAddr,
     /// Where the connection is in its life.
     pub phase: Phase,
     /// Bytes waiting to be written: responses and whole frames only.
@@ -145,6 +152,7 @@ impl Connection {
         Connection {
             socket,
             peer,
+            client: peer.ip(),
             phase: Phase::Http(RequestReader::default()),
             output: OutputQueue::default(),
             timer: None,
@@ -214,9 +222,9 @@ impl Connection {
     }
 
     /// Switches to WebSocket after the `101` has been queued.
-    pub fn open(&mut self, user: Rc<str>, bucket: Option<TokenBucket>, ping_interval: Duration, now: Instant) {
+    pub fn open(&mut self, session: Session, now: Instant) {
         self.output.mark_frame_start();
-        self.phase = Phase::Open(Session { ctx: None, user, bucket, next_ping: now + ping_interval });
+        self.phase = Phase::Open(session);
         self.phase_since = now;
     }
 
@@ -300,6 +308,16 @@ impl Connection {
 }
 
 impl Session {
+    /// A session whose first server Ping is due one interval from `now`.
+    pub fn new(user: Rc<str>, rooms: Option<RoomRule>, bucket: Option<TokenBucket>, ping_interval: Duration, now: Instant) -> Session {
+        Session { ctx: None, user, bucket, rooms: rooms.map(Box::new), next_ping: now + ping_interval }
+    }
+
+    /// Whether this connection may join `room` (the JWT `rooms` claim).
+    pub fn may_join(&self, room: &str) -> bool {
+        self.rooms.as_ref().is_none_or(|rule| rule.allows(room))
+    }
+
     /// Feeds bytes read from the socket to tungstenite; complete messages are appended to
     /// `inbox` and tungstenite's own replies (pongs, the close reply) to `output`.
     pub fn feed(&mut self, input: &[u8], output: &mut OutputQueue, config: &WebSocketConfig, inbox: &mut Vec<Message>) -> Feed {
@@ -361,7 +379,7 @@ mod tests {
     }
 
     fn session() -> Session {
-        Session { ctx: None, user: "alice".into(), bucket: None, next_ping: Instant::now() }
+        Session::new("alice".into(), None, None, Duration::from_secs(30), Instant::now())
     }
 
     /// A masked client frame.

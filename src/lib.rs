@@ -11,6 +11,8 @@
 //! The core (plain data, no mio, time passed in):
 //! - [`http`]: request parsing, the route decision, the WebSocket upgrade, responses.
 //! - [`hub`]: rooms, users and their connections.
+//! - [`auth`]: JWT verification, token carriers, the `rooms` claim, the API key check.
+//! - [`netaddr`]: CIDRs and the client address behind trusted proxies.
 //! - [`events`]: the JSON `events` protocol on top of the hub.
 //! - [`frame`]: server frames, encoded once per fan-out.
 //! - [`outbuf`]: a connection's pending output.
@@ -21,6 +23,7 @@
 //! - [`config`], [`units`]: flags, environment, config file; sizes and durations.
 
 pub mod assets;
+pub mod auth;
 pub mod config;
 pub mod conn;
 pub mod events;
@@ -28,6 +31,7 @@ pub mod frame;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod netaddr;
 pub mod outbuf;
 pub mod ratelimit;
 pub mod server;

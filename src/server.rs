@@ -20,15 +20,18 @@ use tungstenite::Message;
 use tungstenite::protocol::WebSocketConfig;
 
 use crate::assets::Assets;
+use crate::auth::JwtVerifier;
 use crate::config::{Config, Protocol};
-use crate::conn::{Connection, Due, Expiry, Feed, Flushed, Phase, Timeouts, close_code};
+use crate::conn::{Connection, Due, Expiry, Feed, Flushed, Phase, Session, Timeouts, close_code};
 use crate::events::{self, Delivery, Failure};
 use crate::frame::{self, OpCode};
 use crate::http::request::Limits;
-use crate::http::upgrade::switching_protocols;
-use crate::http::{Request, Response, Route, RouteContext, Upgrade, route};
+use crate::http::route::json_error;
+use crate::http::upgrade::{Claim, Policy, switching_protocols};
+use crate::http::{Response, Route, RouteContext, Upgrade, route};
 use crate::hub::{ConnId, Hub};
 use crate::metrics::{Gauges, HandshakeFailure, Metrics};
+use crate::netaddr;
 use crate::ratelimit::TokenBucket;
 use crate::signals::Signals;
 use crate::timer::TimerWheel;
@@ -58,9 +61,6 @@ const EVENTS_CAPACITY: usize = 1024;
 /// How long to wait before accepting again after running out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Longest user id accepted from `?user=` / `?id=`.
-const MAX_USER_BYTES: usize = 64;
-
 /// The server: bind with [`Server::bind`], then [`Server::run`] until shutdown.
 pub struct Server {
     poll: Poll,
@@ -76,6 +76,8 @@ pub struct Server {
     ws_config: WebSocketConfig,
     /// The page's files.
     assets: Assets,
+    /// Checks upgrade tokens when `--jwt-secret` is set.
+    verifier: Option<JwtVerifier>,
     /// Connections and the per-turn lists about them.
     out: Outputs,
     /// Open WebSocket connections (the slab also holds HTTP and closing ones).
@@ -171,6 +173,7 @@ impl Server {
                 .map_err(|e| io::Error::new(e.kind(), format!("could not read assets from {}: {e}", dir.display())))?,
             None => Assets::embedded(),
         };
+        let verifier = config.jwt_secret.as_ref().map(|secret| JwtVerifier::new(secret.as_bytes(), config.jwt_leeway));
         let poll = Poll::new()?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let now = Instant::now();
@@ -191,6 +194,7 @@ impl Server {
             },
             ws_config,
             assets,
+            verifier,
             out: Outputs { conns: Slab::new(), dirty: Vec::new(), slow: Vec::new(), max_buffered: config.max_buffered },
             open_count: 0,
             hub: Hub::new(),
@@ -362,7 +366,7 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    debug!("{}: read failed: {e}", conn.peer);
+                    debug!("{}: read failed: {e}", conn.client);
                     self.doom(key);
                     break;
                 }
@@ -397,13 +401,13 @@ impl Server {
         match feed {
             Feed::Open => {}
             Feed::Closed => {
-                debug!("{}: closed by the client", self.out.conns[key].peer);
+                debug!("{}: closed by the client", self.out.conns[key].client);
                 self.unregister(key);
                 self.out.conns[key].begin_closing(self.now);
                 self.reschedule(key);
             }
             Feed::Failed(code, reason) => {
-                warn!("{}: closing with {code}: {reason}", self.out.conns[key].peer);
+                warn!("{}: closing with {code}: {reason}", self.out.conns[key].client);
                 self.close(key, code, reason);
             }
         }
@@ -445,10 +449,13 @@ impl Server {
                 let mut deliveries = std::mem::take(&mut self.deliveries);
                 match text {
                     Some(text) if allowed => {
+                        let Phase::Open(session) = &self.out.conns[key].phase else {
+                            return;
+                        };
                         let ctx = events::Context {
                             conn: ConnId(key),
                             now_ms: unix_ms(),
-                            may_join: &|_| true,
+                            may_join: &|room| session.may_join(room),
                             max_message_size: self.config.max_message_size,
                         };
                         events::handle(&mut self.hub, &ctx, text, &mut deliveries);
@@ -465,14 +472,20 @@ impl Server {
     /// Frames each delivery once and appends it to every recipient.
     fn deliver(&mut self, deliveries: &mut Vec<Delivery>) {
         for delivery in deliveries.drain(..) {
-            self.frame.clear();
-            frame::encode(OpCode::Text, delivery.json.as_bytes(), &mut self.frame);
-            let mut delivered = 0;
-            for conn in delivery.target.recipients(&self.hub) {
-                delivered += u64::from(self.out.send(conn.0, &self.frame, self.now));
-            }
-            self.metrics.messages_delivered += delivered;
+            self.deliver_one(&delivery);
         }
+    }
+
+    /// Frames one delivery and appends it to every recipient; returns how many took it.
+    fn deliver_one(&mut self, delivery: &Delivery) -> u64 {
+        self.frame.clear();
+        frame::encode(OpCode::Text, delivery.json.as_bytes(), &mut self.frame);
+        let mut delivered = 0;
+        for conn in delivery.target.recipients(&self.hub) {
+            delivered += u64::from(self.out.send(conn.0, &self.frame, self.now));
+        }
+        self.metrics.messages_delivered += delivered;
+        delivered
     }
 
     /// Answers every complete request buffered on an HTTP connection.
@@ -483,27 +496,42 @@ impl Server {
             let Phase::Http(reader) = &mut conn.phase else {
                 return;
             };
-            let (request, _body) = match reader.next(limits) {
+            let (request, body) = match reader.next(limits) {
                 Ok(Some(request)) => request,
                 Ok(None) => return,
                 Err(response) => {
-                    debug!("{}: bad request: {}", conn.peer, response.status);
+                    debug!("{}: bad request: {}", conn.client, response.status);
                     self.metrics.handshake_failed(HandshakeFailure::from_status(response.status));
                     self.respond(key, &response, true);
                     return;
                 }
             };
+            if !self.config.trusted_proxies.is_empty() {
+                conn.client = netaddr::client_addr(
+                    conn.peer.ip(),
+                    request.header("x-forwarded-for"),
+                    request.header("x-real-ip"),
+                    &self.config.trusted_proxies,
+                );
+            }
             let ctx = RouteContext {
                 ws_path: &self.config.ws_path,
-                allow_origins: &self.config.allow_origins,
+                policy: Policy {
+                    allow_origins: &self.config.allow_origins,
+                    verifier: self.verifier.as_ref(),
+                    now: SystemTime::now(),
+                },
                 assets: &self.assets,
                 at_capacity: self.open_count >= self.config.max_connections,
+                api_key: self.config.api_key.as_deref(),
             };
             let response = match route(&request, &ctx) {
                 Route::Upgrade(upgrade) => {
-                    self.upgrade(key, &request, &upgrade);
+                    self.upgrade(key, upgrade);
                     return;
                 }
+                Route::ApiOnline { room } => self.api_online(room.as_deref()),
+                Route::ApiPublish => self.api_publish(&body),
                 Route::Metrics => Response::new(
                     200,
                     "text/plain; version=0.0.4; charset=utf-8",
@@ -511,6 +539,11 @@ impl Server {
                 ),
                 Route::Respond(response) => {
                     if request.path == self.config.ws_path {
+                        let why = String::from_utf8_lossy(&response.body);
+                        debug!("{}: upgrade refused with {}: {}", self.out.conns[key].client, response.status, why.trim());
+                        if response.status == 401 {
+                            warn!("{}: upgrade refused: {}", self.out.conns[key].client, why.trim());
+                        }
                         self.metrics.handshake_failed(HandshakeFailure::from_status(response.status));
                     }
                     response
@@ -521,6 +554,31 @@ impl Server {
             if response.close {
                 return;
             }
+        }
+    }
+
+    /// `GET /api/online`: who is online, in a room or anywhere.
+    fn api_online(&self, room: Option<&str>) -> Response {
+        let (mut users, connections): (Vec<&str>, usize) = match room {
+            Some(room) => (self.hub.room_users(room).collect(), self.hub.room_members(room).len()),
+            None => (self.hub.users().collect(), self.hub.connection_count()),
+        };
+        users.sort_unstable();
+        let body = serde_json::json!({ "room": room, "count": users.len(), "users": users, "connections": connections });
+        Response::json(200, body.to_string())
+    }
+
+    /// `POST /api/publish`: delivers the body's message like a client's, without `from`.
+    fn api_publish(&mut self, body: &[u8]) -> Response {
+        let Ok(body) = std::str::from_utf8(body) else {
+            return json_error(400, "body must be UTF-8 JSON");
+        };
+        match events::publish(unix_ms(), self.config.max_message_size, body) {
+            Ok(delivery) => {
+                let delivered = self.deliver_one(&delivery);
+                Response::json(200, serde_json::json!({ "delivered": delivered }).to_string())
+            }
+            Err(failure) => json_error(failure.code, failure.error),
         }
     }
 
@@ -541,22 +599,21 @@ impl Server {
 
     /// Switches an HTTP connection to WebSocket: `101`, the hub, and any bytes that came
     /// after the request head in the same packet.
-    fn upgrade(&mut self, key: usize, request: &Request, upgrade: &Upgrade) {
-        let user = match request.query_param("user").or_else(|| request.query_param("id")) {
-            Some(user) if valid_user(&user) => Rc::from(user.as_ref()),
-            Some(_) => {
-                let response = Response::fatal(400, "user must be 1 to 64 printable characters\n");
-                self.metrics.handshake_failed(HandshakeFailure::Malformed);
-                self.respond(key, &response, true);
-                return;
+    fn upgrade(&mut self, key: usize, upgrade: Upgrade) {
+        let mut bytes = Vec::with_capacity(256);
+        switching_protocols(&upgrade).encode(true, &mut bytes);
+        let (user, rooms) = match upgrade.claim {
+            Claim::Token(identity) => {
+                let name = identity.name.as_deref().unwrap_or("-");
+                debug!("{}: token accepted for {} (name {name})", self.out.conns[key].client, identity.user);
+                (Rc::from(identity.user), identity.rooms)
             }
-            None => {
+            Claim::Named(user) => (Rc::from(user), None),
+            Claim::Anonymous => {
                 self.anon_counter += 1;
-                Rc::from(format!("anon-{}", self.anon_counter))
+                (Rc::from(format!("anon-{}", self.anon_counter)), None)
             }
         };
-        let mut bytes = Vec::with_capacity(256);
-        switching_protocols(upgrade).encode(true, &mut bytes);
         let bucket = self.config.rate_limit.map(|rate| TokenBucket::new(rate, self.now));
         let conn = &mut self.out.conns[key];
         conn.push(&bytes, self.now);
@@ -564,9 +621,9 @@ impl Server {
             Phase::Http(reader) => reader.take_rest(),
             _ => Vec::new(),
         };
-        debug!("{}: WebSocket open as {user}", conn.peer);
+        debug!("{}: WebSocket open as {user}", conn.client);
         self.hub.connect(ConnId(key), &user);
-        conn.open(user, bucket, self.timeouts.ping_interval, self.now);
+        conn.open(Session::new(user, rooms, bucket, self.timeouts.ping_interval, self.now), self.now);
         self.open_count += 1;
         self.metrics.connections_total += 1;
         self.reschedule(key);
@@ -580,7 +637,7 @@ impl Server {
         let conn = &mut self.out.conns[key];
         conn.peer_closed = true;
         if matches!(conn.phase, Phase::Open(_)) {
-            debug!("{}: connection closed without a close handshake", conn.peer);
+            debug!("{}: connection closed without a close handshake", conn.client);
         }
         self.unregister(key);
         let conn = &mut self.out.conns[key];
@@ -641,7 +698,7 @@ impl Server {
             if conn.doomed {
                 continue;
             }
-            let peer = conn.peer;
+            let peer = conn.client;
             match conn.check(self.now, &self.timeouts) {
                 Due::Later { at, ping } => {
                     if ping {
@@ -680,7 +737,7 @@ impl Server {
             }
             let pending = conn.output.len();
             conn.output.cut_after_current_frame();
-            warn!("{}: slow consumer with {pending} bytes pending; disconnecting", conn.peer);
+            warn!("{}: slow consumer with {pending} bytes pending; disconnecting", conn.client);
             self.metrics.slow_consumer_disconnects += 1;
             self.close(key, close_code::POLICY_VIOLATION, "slow consumer");
         }
@@ -706,7 +763,7 @@ impl Server {
                 Ok(Flushed::Partial) => return true,
                 Ok(Flushed::Drained) => {
                     if let Err(e) = conn.want_writable(self.poll.registry(), Token(key), false) {
-                        debug!("{}: reregister failed: {e}", conn.peer);
+                        debug!("{}: reregister failed: {e}", conn.client);
                     }
                     if matches!(conn.phase, Phase::Closing) {
                         conn.shutdown_write();
@@ -719,13 +776,13 @@ impl Server {
                 }
                 Ok(Flushed::Blocked) => {
                     if let Err(e) = conn.want_writable(self.poll.registry(), Token(key), true) {
-                        debug!("{}: reregister failed: {e}", conn.peer);
+                        debug!("{}: reregister failed: {e}", conn.client);
                     }
                     blocked.push(key);
                     false
                 }
                 Err(e) => {
-                    debug!("{}: write failed: {e}", conn.peer);
+                    debug!("{}: write failed: {e}", conn.client);
                     self.doomed.push(key);
                     conn.doomed = true;
                     false
@@ -763,7 +820,7 @@ impl Server {
             if let Some((id, _)) = conn.timer.take() {
                 self.timers.cancel(id);
             }
-            debug!("{}: connection removed", conn.peer);
+            debug!("{}: connection removed", conn.client);
         }
     }
 
@@ -810,10 +867,6 @@ fn resolve(listen: &str) -> io::Result<SocketAddr> {
         .map_err(|e| io::Error::new(e.kind(), format!("invalid --listen address {listen:?}: {e}")))?
         .next()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("--listen {listen:?} resolves to no address")))
-}
-
-fn valid_user(user: &str) -> bool {
-    !user.is_empty() && user.len() <= MAX_USER_BYTES && !user.chars().any(char::is_control)
 }
 
 fn unix_ms() -> u64 {

@@ -1,19 +1,23 @@
 //! The request → answer decision for the one port (SPEC §3). Pure: the loop acts on the result.
 
 use crate::assets::Assets;
+use crate::auth;
 
-use super::{Request, Response, Upgrade, upgrade};
+use super::upgrade::{self, Policy};
+use super::{Request, Response, Upgrade};
 
 /// What the server knows that the decision depends on.
 pub struct RouteContext<'a> {
     /// `--ws-path`: the only path that upgrades.
     pub ws_path: &'a str,
-    /// `--allow-origin` entries for the Origin rule.
-    pub allow_origins: &'a [String],
+    /// Origin and token rules for upgrades.
+    pub policy: Policy<'a>,
     /// The page's files.
     pub assets: &'a Assets,
     /// True when `--max-connections` WebSocket connections are open, so upgrades get 503.
     pub at_capacity: bool,
+    /// `--api-key`; the API answers 404 without one.
+    pub api_key: Option<&'a str>,
 }
 
 /// What to do with a request.
@@ -23,6 +27,10 @@ pub enum Route {
     Upgrade(Upgrade),
     /// `GET /metrics`: the loop renders its counters.
     Metrics,
+    /// `GET /api/online[?room=R]`, authorised: the loop lists who is online.
+    ApiOnline { room: Option<String> },
+    /// `POST /api/publish`, authorised: the loop delivers the body's message.
+    ApiPublish,
     /// Answer with this response.
     Respond(Response),
 }
@@ -31,11 +39,14 @@ pub enum Route {
 pub fn route(request: &Request, ctx: &RouteContext) -> Route {
     let path = request.path.as_str();
     if path == ctx.ws_path {
-        return match upgrade::check(request, ctx.allow_origins) {
+        return match upgrade::check(request, &ctx.policy) {
             Ok(_) if ctx.at_capacity => Route::Respond(Response::fatal(503, "server is at its connection limit\n")),
             Ok(upgrade) => Route::Upgrade(upgrade),
             Err(response) => Route::Respond(response),
         };
+    }
+    if let Some(endpoint) = path.strip_prefix("/api/") {
+        return api(request, endpoint, ctx.api_key);
     }
     let readable = matches!(request.method.as_str(), "GET" | "HEAD");
     let known = path == "/" || path == "/healthz" || path == "/metrics" || path.starts_with("/assets/");
@@ -51,6 +62,44 @@ pub fn route(request: &Request, ctx: &RouteContext) -> Route {
             None => Route::Respond(Response::text(404, "not found\n")),
         },
     }
+}
+
+/// The HTTP API: off (404) without a key, then the key, then the method.
+fn api(request: &Request, endpoint: &str, api_key: Option<&str>) -> Route {
+    let method = match endpoint {
+        "online" => "GET",
+        "publish" => "POST",
+        _ => return Route::Respond(json_error(404, "no such endpoint")),
+    };
+    let Some(api_key) = api_key else {
+        return Route::Respond(json_error(404, "the API is off: start wshub with --api-key"));
+    };
+    if !auth::api_key_matches(request.header("authorization"), api_key) {
+        return Route::Respond(json_error(401, "missing or wrong API key").with_header("WWW-Authenticate", "Bearer"));
+    }
+    if request.method != method {
+        return Route::Respond(json_error(405, "method not allowed").with_header("Allow", method));
+    }
+    match endpoint {
+        "online" => match request.query.as_deref().map(|_| request.query_param("room")) {
+            Some(Some(room)) if !room.is_empty() => Route::ApiOnline { room: Some(room.into_owned()) },
+            Some(Some(_)) => Route::Respond(json_error(400, "room must not be empty")),
+            _ => Route::ApiOnline { room: None },
+        },
+        _ => {
+            let json = request.header("content-type").is_none_or(|t| t.starts_with("application/json"));
+            if json {
+                Route::ApiPublish
+            } else {
+                Route::Respond(json_error(415, "send the body as application/json"))
+            }
+        }
+    }
+}
+
+/// An API error: `{"error": why}` with `status`.
+pub fn json_error(status: u16, why: &str) -> Response {
+    Response::json(status, serde_json::json!({ "error": why }).to_string())
 }
 
 fn serve_asset(assets: &Assets, name: &str) -> Route {
@@ -74,17 +123,47 @@ mod tests {
     use super::*;
     use crate::http::request::parse;
 
-    fn decide(head: &str, at_capacity: bool) -> Route {
+    fn decide_with_key(head: &str, at_capacity: bool, api_key: Option<&str>) -> Route {
         let assets = Assets::embedded();
-        let ctx = RouteContext { ws_path: "/ws", allow_origins: &[], assets: &assets, at_capacity };
+        let ctx = RouteContext {
+            ws_path: "/ws",
+            policy: Policy { allow_origins: &[], verifier: None, now: std::time::SystemTime::now() },
+            assets: &assets,
+            at_capacity,
+            api_key,
+        };
         route(&parse(head.as_bytes()).unwrap().0, &ctx)
+    }
+
+    fn decide(head: &str, at_capacity: bool) -> Route {
+        decide_with_key(head, at_capacity, None)
+    }
+
+    #[test]
+    fn api_is_off_without_a_key_and_guarded_with_one() {
+        let online = "GET /api/online?room=lobby HTTP/1.1\r\nAuthorization: Bearer k3y\r\n\r\n";
+        assert_eq!(status(decide(online, false)), 404);
+        assert!(matches!(
+            decide_with_key(online, false, Some("k3y")),
+            Route::ApiOnline { room: Some(room) } if room == "lobby"
+        ));
+        let wrong_key = "GET /api/online HTTP/1.1\r\nAuthorization: Bearer nope\r\n\r\n";
+        assert_eq!(status(decide_with_key(wrong_key, false, Some("k3y"))), 401);
+        let no_key = "GET /api/online HTTP/1.1\r\n\r\n";
+        assert_eq!(status(decide_with_key(no_key, false, Some("k3y"))), 401);
+        let wrong_method = "GET /api/publish HTTP/1.1\r\nAuthorization: Bearer k3y\r\n\r\n";
+        assert_eq!(status(decide_with_key(wrong_method, false, Some("k3y"))), 405);
+        let publish = "POST /api/publish HTTP/1.1\r\nAuthorization: Bearer k3y\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n";
+        assert!(matches!(decide_with_key(publish, false, Some("k3y")), Route::ApiPublish));
+        let form = "POST /api/publish HTTP/1.1\r\nAuthorization: Bearer k3y\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\n";
+        assert_eq!(status(decide_with_key(form, false, Some("k3y"))), 415);
     }
 
     fn status(route: Route) -> u16 {
         match route {
             Route::Respond(response) => response.status,
             Route::Upgrade(_) => 101,
-            Route::Metrics => 200,
+            Route::Metrics | Route::ApiOnline { .. } | Route::ApiPublish => 200,
         }
     }
 

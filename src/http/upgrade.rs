@@ -1,11 +1,37 @@
 //! The WebSocket opening handshake, server side (RFC 6455 §4.2), and the Origin rule (SPEC §4).
 
 use std::borrow::Cow;
+use std::time::SystemTime;
 
 use super::{Request, Response};
+use crate::auth::{self, Identity, JwtVerifier, TokenCarrier};
 
 /// The only protocol version RFC 6455 defines.
 const WEBSOCKET_VERSION: &str = "13";
+
+/// Longest user id accepted from `?user=` / `?id=`.
+const MAX_USER_BYTES: usize = 64;
+
+/// Who a connection says it is (SPEC §4).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// A verified JWT: `sub`, display name and the rooms it may join.
+    Token(Identity),
+    /// `?user=` or `?id=` (auth off): taken at its word.
+    Named(String),
+    /// Nothing given (auth off): the loop names it `anon-<n>`.
+    Anonymous,
+}
+
+/// The server's rules for accepting an upgrade.
+pub struct Policy<'a> {
+    /// `--allow-origin` entries for the Origin rule.
+    pub allow_origins: &'a [String],
+    /// Present when `--jwt-secret` is set: every upgrade needs a valid token.
+    pub verifier: Option<&'a JwtVerifier>,
+    /// The wall clock for `exp`, passed in so the decision stays pure.
+    pub now: SystemTime,
+}
 
 /// A request that may be switched to WebSocket.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -14,10 +40,12 @@ pub struct Upgrade {
     pub accept: String,
     /// The subprotocol echoed back, when the client offered one the server speaks.
     pub subprotocol: Option<&'static str>,
+    /// Who the client is.
+    pub claim: Claim,
 }
 
 /// Checks an upgrade request on the WebSocket path; the error is the response to send instead.
-pub fn check(request: &Request, allow_origins: &[String]) -> Result<Upgrade, Response> {
+pub fn check(request: &Request, policy: &Policy) -> Result<Upgrade, Response> {
     if request.method != "GET" {
         return Err(Response::text(405, "WebSocket upgrades use GET\n").with_header("Allow", "GET"));
     }
@@ -40,13 +68,47 @@ pub fn check(request: &Request, allow_origins: &[String]) -> Result<Upgrade, Res
     if request.header("host").is_none_or(str::is_empty) {
         return Err(Response::fatal(400, "missing Host header\n"));
     }
-    if !origin_allowed(request.header("origin"), request.header("host"), allow_origins) {
+    if !origin_allowed(request.header("origin"), request.header("host"), policy.allow_origins) {
         return Err(Response::fatal(403, "origin not allowed\n"));
     }
-    Ok(Upgrade {
-        accept: tungstenite::handshake::derive_accept_key(key.as_bytes()),
-        subprotocol: request.header("sec-websocket-protocol").and_then(select_subprotocol),
-    })
+    let protocols = offered_protocols(request);
+    let mut subprotocol = protocols.as_deref().and_then(auth::select_subprotocol).map(|_| auth::SUBPROTOCOL);
+    let claim = match policy.verifier {
+        Some(verifier) => {
+            let found = auth::find_token(request.query.as_deref(), request.header("authorization"), protocols.as_deref())
+                .ok_or_else(|| unauthorized(auth::AuthError::NoToken))?;
+            if let TokenCarrier::Subprotocol { echo } = found.carrier {
+                subprotocol = echo.map(|_| auth::SUBPROTOCOL);
+            }
+            Claim::Token(verifier.verify_at(&found.token, policy.now).map_err(unauthorized)?)
+        }
+        None => match request.query_param("user").or_else(|| request.query_param("id")) {
+            Some(user) if valid_user(&user) => Claim::Named(user.into_owned()),
+            Some(_) => return Err(Response::fatal(400, "user must be 1 to 64 printable characters\n")),
+            None => Claim::Anonymous,
+        },
+    };
+    Ok(Upgrade { accept: tungstenite::handshake::derive_accept_key(key.as_bytes()), subprotocol, claim })
+}
+
+/// Every `Sec-WebSocket-Protocol` header joined into one list.
+fn offered_protocols(request: &Request) -> Option<String> {
+    let values: Vec<&str> = request
+        .headers
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("sec-websocket-protocol"))
+        .filter_map(|(_, value)| std::str::from_utf8(value).ok())
+        .collect();
+    (!values.is_empty()).then(|| values.join(","))
+}
+
+/// `401` with the reason (never the token) in the body.
+fn unauthorized(error: auth::AuthError) -> Response {
+    Response::fatal(401, error.reason()).with_header("WWW-Authenticate", "Bearer")
+}
+
+fn valid_user(user: &str) -> bool {
+    !user.is_empty() && user.len() <= MAX_USER_BYTES && !user.chars().any(char::is_control)
 }
 
 /// The `101 Switching Protocols` response for an accepted upgrade.
@@ -65,13 +127,6 @@ pub fn switching_protocols(upgrade: &Upgrade) -> Response {
         response.headers.push(("Sec-WebSocket-Protocol", protocol.into()));
     }
     response
-}
-
-/// The subprotocol wshub answers with when a client offers it (RFC 6455: the server picks one
-/// of the offered protocols or none).
-fn select_subprotocol(offered: &str) -> Option<&'static str> {
-    const WSHUB: &str = "wshub";
-    offered.split(',').any(|p| p.trim() == WSHUB).then_some(WSHUB)
 }
 
 /// A key is the base64 encoding of 16 bytes: 22 significant characters and `==`.
@@ -108,6 +163,10 @@ pub fn origin_allowed(origin: Option<&str>, host: Option<&str>, allow_origins: &
 mod tests {
     use super::*;
     use crate::http::request::parse;
+
+    fn check(request: &Request, allow_origins: &[String]) -> Result<Upgrade, Response> {
+        super::check(request, &Policy { allow_origins, verifier: None, now: SystemTime::now() })
+    }
 
     fn request(extra: &str) -> Request {
         let head = format!(
@@ -161,6 +220,37 @@ mod tests {
         assert_eq!(check(&offered, &[]).unwrap().subprotocol, Some("wshub"));
         let other = request(&format!("{KEY}{VERSION}Sec-WebSocket-Protocol: chat\r\n"));
         assert_eq!(check(&other, &[]).unwrap().subprotocol, None);
+    }
+
+    #[test]
+    fn identity_comes_from_user_or_id_without_auth() {
+        let named = parse(upgrade_head("/ws?user=alice").as_bytes()).unwrap().0;
+        assert_eq!(check(&named, &[]).unwrap().claim, Claim::Named("alice".into()));
+        let id = parse(upgrade_head("/ws?id=bob").as_bytes()).unwrap().0;
+        assert_eq!(check(&id, &[]).unwrap().claim, Claim::Named("bob".into()));
+        let anonymous = parse(upgrade_head("/ws").as_bytes()).unwrap().0;
+        assert_eq!(check(&anonymous, &[]).unwrap().claim, Claim::Anonymous);
+        let control = parse(upgrade_head("/ws?user=a%0Ab").as_bytes()).unwrap().0;
+        assert_eq!(check(&control, &[]).unwrap_err().status, 400);
+        let long = parse(upgrade_head(&format!("/ws?user={}", "x".repeat(65))).as_bytes()).unwrap().0;
+        assert_eq!(check(&long, &[]).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn with_auth_a_token_is_required_and_never_echoed() {
+        let verifier = JwtVerifier::new(b"secret", std::time::Duration::ZERO);
+        let policy = Policy { allow_origins: &[], verifier: Some(&verifier), now: SystemTime::now() };
+        let missing = super::check(&parse(upgrade_head("/ws?user=mallory").as_bytes()).unwrap().0, &policy).unwrap_err();
+        assert_eq!((missing.status, &*missing.body), (401, &b"no token"[..]));
+        let bad = super::check(&parse(upgrade_head("/ws?token=abc.def.ghi").as_bytes()).unwrap().0, &policy).unwrap_err();
+        assert_eq!(bad.status, 401);
+        assert!(!String::from_utf8_lossy(&bad.body).contains("abc.def"));
+    }
+
+    fn upgrade_head(target: &str) -> String {
+        format!(
+            "GET {target} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{KEY}{VERSION}\r\n"
+        )
     }
 
     #[test]

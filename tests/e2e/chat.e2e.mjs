@@ -238,7 +238,7 @@ async function run(cleanup) {
   let bob;
   await step('alice connects, picks her name and joins the room', async () => {
     alice = await openChat(context, base);
-    await page0Close(context, alice);
+    await closeBlankTabs(context, alice);
     await setName(alice, 'alice');
     await alice.locator('#rooms li[data-room="lobby"][data-joined="true"]').waitFor();
     await joinRoom(alice, ROOM);
@@ -340,7 +340,7 @@ async function run(cleanup) {
 }
 
 /** launchPersistentContext opens a blank tab; close it so only chat tabs remain. */
-async function page0Close(context, keep) {
+async function closeBlankTabs(context, keep) {
   for (const page of context.pages()) {
     if (page !== keep && page.url() === 'about:blank') await page.close();
   }

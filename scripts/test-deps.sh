@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what the interoperability tests need on a fresh Debian machine (run as root, from
+# anywhere): nginx for tests/nginx.rs, a Python venv with `websockets` and the Node `ws` package
+# for tests/clients.rs. Idempotent; cargo's own dev-dependencies (proptest) need nothing here.
+#
+#   sudo bash scripts/test-deps.sh        # then: cargo test
+#
+# The tests find these through WSHUB_NGINX, WSHUB_PYTHON and WSHUB_NODE (defaults: nginx or
+# /usr/sbin/nginx, target/venv/bin/python, node).
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+export DEBIAN_FRONTEND=noninteractive
+packages=(nginx)
+command -v node >/dev/null || packages+=(nodejs)
+command -v npm >/dev/null || packages+=(npm)
+command -v python3 >/dev/null || packages+=(python3)
+# Debian's python3 needs python3-venv (ensurepip) for `python3 -m venv`.
+python3 -c 'import ensurepip, venv' 2>/dev/null || packages+=(python3-venv)
+
+apt-get update
+apt-get install -y --no-install-recommends "${packages[@]}"
+# The package may start a system nginx on :80; the tests never use it, so leave it stopped.
+if command -v systemctl >/dev/null && systemctl is-active --quiet nginx 2>/dev/null; then
+    systemctl stop nginx || true
+fi
+
+venv="$root/target/venv"
+if [ ! -x "$venv/bin/python" ]; then
+    mkdir -p "$root/target"
+    python3 -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install --quiet --upgrade pip
+"$venv/bin/python" -m pip install --quiet -r "$root/tests/clients/requirements.txt"
+
+(cd "$root/tests/clients" && npm ci --no-audit --no-fund)
+
+echo "test dependencies ready: $(/usr/sbin/nginx -v 2>&1), python websockets $("$venv/bin/python" -c 'import websockets; print(websockets.__version__)'), node ws $(cd "$root/tests/clients" && node -p 'require("ws/package.json").version')"
