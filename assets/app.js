@@ -33,7 +33,8 @@
 
   const params = new URLSearchParams(location.search);
   const token = params.get('token');
-  const wsPath = (params.get('ws') || '/ws').startsWith('/') ? (params.get('ws') || '/ws') : '/ws';
+  // Relative to the page, so the page also works under a reverse-proxy prefix (/chat/ → /chat/ws).
+  const wsPath = params.get('ws') || 'ws';
 
   const state = {
     /** The identity we connect as; with a token it is only our best guess (the JWT `sub`). */
@@ -92,8 +93,10 @@
   // ---------------------------------------------------------------- connection
 
   function socketUrl() {
-    const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
-    const url = new URL(`${scheme}//${location.host}${wsPath}`);
+    const url = new URL(wsPath, location.href);
+    url.protocol = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    url.search = '';
+    url.hash = '';
     // The token never goes into the URL (proxy logs); it travels as a subprotocol.
     if (!token) url.searchParams.set('user', state.me);
     return url.href;

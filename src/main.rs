@@ -37,12 +37,16 @@ fn main() -> ExitCode {
     }
 }
 
-/// `--log-level` wins, then `RUST_LOG`, then `info`.
+/// `--log-level` wins, then `RUST_LOG`, then `info`. tungstenite's own per-frame debug lines
+/// are left out unless asked for by name.
 fn init_logging(level: Option<&str>) {
-    let filters = level
+    let mut filters = level
         .map(str::to_owned)
         .or_else(|| std::env::var("RUST_LOG").ok())
         .unwrap_or_else(|| "info".to_owned());
+    if !filters.contains("tungstenite") {
+        filters.push_str(",tungstenite=info");
+    }
     env_logger::Builder::new().parse_filters(&filters).format_target(false).init();
 }
 
