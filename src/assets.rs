@@ -40,23 +40,42 @@ impl Assets {
         ];
         let files = embedded
             .into_iter()
-            .map(|(name, body)| (name.to_owned(), Asset { content_type: content_type(name), body: Cow::Borrowed(body) }))
+            .map(|(name, body)| {
+                (
+                    name.to_owned(),
+                    Asset {
+                        content_type: content_type(name),
+                        body: Cow::Borrowed(body),
+                    },
+                )
+            })
             .collect();
         Assets { files }
     }
 
     /// Every regular file below `dir` (hidden names and symlinks skipped).
     pub fn from_dir(dir: &Path) -> io::Result<Assets> {
-        let mut assets = Assets { files: HashMap::new() };
+        let mut assets = Assets {
+            files: HashMap::new(),
+        };
         let mut total = 0;
         assets.read_dir(dir, "", 0, &mut total)?;
         if !assets.files.contains_key("index.html") {
-            return Err(io::Error::new(io::ErrorKind::NotFound, format!("{} has no index.html", dir.display())));
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} has no index.html", dir.display()),
+            ));
         }
         Ok(assets)
     }
 
-    fn read_dir(&mut self, dir: &Path, prefix: &str, depth: usize, total: &mut u64) -> io::Result<()> {
+    fn read_dir(
+        &mut self,
+        dir: &Path,
+        prefix: &str,
+        depth: usize,
+        total: &mut u64,
+    ) -> io::Result<()> {
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
             let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
@@ -72,10 +91,19 @@ impl Assets {
             } else if kind.is_file() {
                 *total += entry.metadata()?.len();
                 if *total > MAX_DIR_BYTES {
-                    return Err(io::Error::other(format!("{} holds more than 64 MiB", dir.display())));
+                    return Err(io::Error::other(format!(
+                        "{} holds more than 64 MiB",
+                        dir.display()
+                    )));
                 }
                 let body = std::fs::read(entry.path())?;
-                self.files.insert(relative, Asset { content_type: content_type(&name), body: Cow::Owned(body) });
+                self.files.insert(
+                    relative,
+                    Asset {
+                        content_type: content_type(&name),
+                        body: Cow::Owned(body),
+                    },
+                );
             }
         }
         Ok(())
@@ -88,7 +116,11 @@ impl Assets {
 }
 
 fn content_type(name: &str) -> &'static str {
-    match name.rsplit_once('.').map(|(_, ext)| ext.to_ascii_lowercase()).as_deref() {
+    match name
+        .rsplit_once('.')
+        .map(|(_, ext)| ext.to_ascii_lowercase())
+        .as_deref()
+    {
         Some("html" | "htm") => "text/html; charset=utf-8",
         Some("js" | "mjs") => "text/javascript; charset=utf-8",
         Some("css") => "text/css; charset=utf-8",
@@ -109,9 +141,18 @@ mod tests {
     #[test]
     fn embedded_page_has_its_three_files() {
         let assets = Assets::embedded();
-        assert_eq!(assets.get("index.html").unwrap().content_type, "text/html; charset=utf-8");
-        assert_eq!(assets.get("app.js").unwrap().content_type, "text/javascript; charset=utf-8");
-        assert_eq!(assets.get("style.css").unwrap().content_type, "text/css; charset=utf-8");
+        assert_eq!(
+            assets.get("index.html").unwrap().content_type,
+            "text/html; charset=utf-8"
+        );
+        assert_eq!(
+            assets.get("app.js").unwrap().content_type,
+            "text/javascript; charset=utf-8"
+        );
+        assert_eq!(
+            assets.get("style.css").unwrap().content_type,
+            "text/css; charset=utf-8"
+        );
         assert!(assets.get("../Cargo.toml").is_none());
     }
 
@@ -125,7 +166,10 @@ mod tests {
         let assets = Assets::from_dir(&dir).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(&*assets.get("index.html").unwrap().body, b"<p>hi</p>");
-        assert_eq!(assets.get("img/logo.svg").unwrap().content_type, "image/svg+xml");
+        assert_eq!(
+            assets.get("img/logo.svg").unwrap().content_type,
+            "image/svg+xml"
+        );
         assert!(assets.get(".secret").is_none());
     }
 

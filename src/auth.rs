@@ -386,7 +386,6 @@ fn map_cow<'a>(text: Cow<'a, str>, narrow: impl for<'x> Fn(&'x str) -> &'x str) 
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -66,7 +66,12 @@ pub struct Config {
     pub assets: Option<PathBuf>,
 
     /// Browser origin allowed besides the server's own (repeatable; `*` allows every origin).
-    #[arg(long = "allow-origin", env = "WSHUB_ALLOW_ORIGIN", value_name = "ORIGIN", value_delimiter = ',')]
+    #[arg(
+        long = "allow-origin",
+        env = "WSHUB_ALLOW_ORIGIN",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
     pub allow_origins: Vec<String>,
 
     /// Interval between server pings to each WebSocket client.
@@ -95,7 +100,12 @@ pub struct Config {
 
     /// HS256 secret: WebSocket clients must present a JWT (query `token`, `Authorization: Bearer`
     /// or a `bearer.<JWT>` subprotocol) whose `sub` becomes their user id.
-    #[arg(long, env = "WSHUB_JWT_SECRET", hide_env_values = true, conflicts_with = "jwt_secret_file")]
+    #[arg(
+        long,
+        env = "WSHUB_JWT_SECRET",
+        hide_env_values = true,
+        conflicts_with = "jwt_secret_file"
+    )]
     pub jwt_secret: Option<String>,
 
     /// Read the HS256 secret from this file (trailing newline ignored) instead of --jwt-secret.
@@ -111,7 +121,12 @@ pub struct Config {
     pub api_key: Option<String>,
 
     /// Proxy whose X-Forwarded-For / X-Real-IP is believed for the client address (repeatable).
-    #[arg(long = "trusted-proxy", env = "WSHUB_TRUSTED_PROXY", value_name = "CIDR", value_delimiter = ',')]
+    #[arg(
+        long = "trusted-proxy",
+        env = "WSHUB_TRUSTED_PROXY",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
     pub trusted_proxies: Vec<Cidr>,
 
     /// Log level (error, warn, info, debug, trace); defaults to RUST_LOG, else info.
@@ -137,14 +152,19 @@ impl Config {
     {
         let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
         let mut command = Config::command();
-        let file = config_file_path(&args).or_else(|| std::env::var_os("WSHUB_CONFIG").map(PathBuf::from));
+        let file =
+            config_file_path(&args).or_else(|| std::env::var_os("WSHUB_CONFIG").map(PathBuf::from));
         if let Some(path) = file {
             command = apply_file_defaults(command, &path)?;
         }
         let matches: ArgMatches = command.try_get_matches_from_mut(args)?;
         let mut config = Config::from_arg_matches(&matches)?;
-        config.read_secret_file().map_err(|message| Config::command().error(clap::error::ErrorKind::Io, message))?;
-        config.validate().map_err(|message| Config::command().error(clap::error::ErrorKind::ValueValidation, message))?;
+        config
+            .read_secret_file()
+            .map_err(|message| Config::command().error(clap::error::ErrorKind::Io, message))?;
+        config.validate().map_err(|message| {
+            Config::command().error(clap::error::ErrorKind::ValueValidation, message)
+        })?;
         Ok(config)
     }
 
@@ -186,8 +206,11 @@ impl Config {
 fn parse_ws_path(text: &str) -> Result<String, String> {
     let reserved = ["/", "/healthz", "/metrics"];
     if !text.starts_with('/') || text.contains(['?', '#', ' ']) {
-        Err(format!("invalid path {text:?}: must start with / and have no query"))
-    } else if reserved.contains(&text) || text.starts_with("/assets/") || text.starts_with("/api/") {
+        Err(format!(
+            "invalid path {text:?}: must start with / and have no query"
+        ))
+    } else if reserved.contains(&text) || text.starts_with("/assets/") || text.starts_with("/api/")
+    {
         Err(format!("invalid path {text:?}: used by the server itself"))
     } else {
         Ok(text.to_owned())
@@ -213,12 +236,23 @@ fn config_file_path(args: &[OsString]) -> Option<PathBuf> {
 }
 
 /// Turns each entry of the TOML file into the default value of the flag with the same name.
-fn apply_file_defaults(mut command: clap::Command, path: &Path) -> Result<clap::Command, clap::Error> {
+fn apply_file_defaults(
+    mut command: clap::Command,
+    path: &Path,
+) -> Result<clap::Command, clap::Error> {
     let fail = |message: String| Config::command().error(clap::error::ErrorKind::Io, message);
-    let text = std::fs::read_to_string(path).map_err(|e| fail(format!("could not read config file {}: {e}", path.display())))?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e| fail(format!("could not parse config file {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        fail(format!(
+            "could not read config file {}: {e}",
+            path.display()
+        ))
+    })?;
+    let table: toml::Table = text.parse().map_err(|e| {
+        fail(format!(
+            "could not parse config file {}: {e}",
+            path.display()
+        ))
+    })?;
     for (key, value) in table {
         let long = key.replace('_', "-");
         let Some(id) = command
@@ -226,13 +260,21 @@ fn apply_file_defaults(mut command: clap::Command, path: &Path) -> Result<clap::
             .find(|arg| arg.get_long() == Some(long.as_str()) && long != "config")
             .map(|arg| arg.get_id().clone())
         else {
-            return Err(fail(format!("unknown setting {key:?} in config file {}", path.display())));
+            return Err(fail(format!(
+                "unknown setting {key:?} in config file {}",
+                path.display()
+            )));
         };
         let values: Vec<String> = match value {
             toml::Value::Array(items) => items.iter().map(toml_scalar).collect::<Option<_>>(),
             scalar => toml_scalar(&scalar).map(|s| vec![s]),
         }
-        .ok_or_else(|| fail(format!("setting {key:?} in {} must be a string, number or list", path.display())))?;
+        .ok_or_else(|| {
+            fail(format!(
+                "setting {key:?} in {} must be a string, number or list",
+                path.display()
+            ))
+        })?;
         command = command.mut_arg(id, |arg| arg.default_values(values));
     }
     Ok(command)
@@ -286,7 +328,10 @@ mod tests {
         .unwrap();
         assert_eq!(config.max_message_size, 1 << 20);
         assert_eq!(config.ping_interval, Duration::from_millis(500));
-        assert_eq!(config.allow_origins, ["https://a.example", "https://b.example"]);
+        assert_eq!(
+            config.allow_origins,
+            ["https://a.example", "https://b.example"]
+        );
         assert_eq!(config.protocol, Protocol::Raw);
     }
 
@@ -303,17 +348,26 @@ mod tests {
     fn jwt_secret_comes_from_a_file_and_must_not_be_empty() {
         let path = std::env::temp_dir().join(format!("wshub-secret-test-{}", std::process::id()));
         std::fs::write(&path, "s3cret\n").unwrap();
-        let config = Config::load_from(["wshub", "--jwt-secret-file", path.to_str().unwrap()]).unwrap();
+        let config =
+            Config::load_from(["wshub", "--jwt-secret-file", path.to_str().unwrap()]).unwrap();
         assert_eq!(config.jwt_secret.as_deref(), Some("s3cret"));
         std::fs::write(&path, "\n").unwrap();
         assert!(Config::load_from(["wshub", "--jwt-secret-file", path.to_str().unwrap()]).is_err());
         std::fs::remove_file(&path).unwrap();
-        assert!(Config::load_from(["wshub", "--jwt-secret", "a", "--jwt-secret-file", "/x"]).is_err());
+        assert!(
+            Config::load_from(["wshub", "--jwt-secret", "a", "--jwt-secret-file", "/x"]).is_err()
+        );
     }
 
     #[test]
     fn trusted_proxies_parse_as_cidrs() {
-        let config = Config::load_from(["wshub", "--trusted-proxy", "10.0.0.0/8", "--trusted-proxy=::1"]).unwrap();
+        let config = Config::load_from([
+            "wshub",
+            "--trusted-proxy",
+            "10.0.0.0/8",
+            "--trusted-proxy=::1",
+        ])
+        .unwrap();
         assert_eq!(config.trusted_proxies.len(), 2);
         assert!(Config::load_from(["wshub", "--trusted-proxy", "10.0.0.0/33"]).is_err());
     }
@@ -329,7 +383,8 @@ mod tests {
         )
         .unwrap();
         let path_arg = path.to_str().unwrap();
-        let config = Config::load_from(["wshub", "--config", path_arg, "--max-connections", "7"]).unwrap();
+        let config =
+            Config::load_from(["wshub", "--config", path_arg, "--max-connections", "7"]).unwrap();
         assert_eq!(config.max_connections, 7);
         assert_eq!(config.ws_path, "/chat");
         assert_eq!(config.allow_origins, ["https://x.example"]);

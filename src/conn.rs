@@ -196,7 +196,11 @@ impl Connection {
                 Ok(n) => {
                     self.output.consume(n);
                     self.last_progress = now;
-                    return Ok(if self.output.is_empty() { Flushed::Drained } else { Flushed::Partial });
+                    return Ok(if self.output.is_empty() {
+                        Flushed::Drained
+                    } else {
+                        Flushed::Partial
+                    });
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Blocked),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -211,7 +215,11 @@ impl Connection {
             return Ok(());
         }
         self.write_interest = on;
-        let interest = if on { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+        let interest = if on {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
         registry.reregister(&mut self.socket, token, interest)
     }
 
@@ -229,7 +237,13 @@ impl Connection {
     }
 
     /// Hands WebSocket bytes to the session (`None` unless open); see [`Session::feed`].
-    pub fn feed(&mut self, bytes: &[u8], config: &WebSocketConfig, inbox: &mut Vec<Message>, now: Instant) -> Option<Feed> {
+    pub fn feed(
+        &mut self,
+        bytes: &[u8],
+        config: &WebSocketConfig,
+        inbox: &mut Vec<Message>,
+        now: Instant,
+    ) -> Option<Feed> {
         let Phase::Open(session) = &mut self.phase else {
             return None;
         };
@@ -285,13 +299,19 @@ impl Connection {
                     session.next_ping = now + timeouts.ping_interval;
                 }
                 let at = idle_deadline.min(session.next_ping);
-                return Due::Later { at: stall_deadline.map_or(at, |stall| stall.min(at)), ping };
+                return Due::Later {
+                    at: stall_deadline.map_or(at, |stall| stall.min(at)),
+                    ping,
+                };
             }
         };
         if now >= deadline {
             Due::Expired(expiry)
         } else {
-            Due::Later { at: stall_deadline.map_or(deadline, |stall| stall.min(deadline)), ping: false }
+            Due::Later {
+                at: stall_deadline.map_or(deadline, |stall| stall.min(deadline)),
+                ping: false,
+            }
         }
     }
 
@@ -303,14 +323,30 @@ impl Connection {
             Phase::Closing => self.phase_since + timeouts.write,
             Phase::Open(session) => (self.last_input + timeouts.idle).min(session.next_ping),
         };
-        if self.output.is_empty() { phase_deadline } else { phase_deadline.min(self.last_progress + timeouts.write) }
+        if self.output.is_empty() {
+            phase_deadline
+        } else {
+            phase_deadline.min(self.last_progress + timeouts.write)
+        }
     }
 }
 
 impl Session {
     /// A session whose first server Ping is due one interval from `now`.
-    pub fn new(user: Rc<str>, rooms: Option<RoomRule>, bucket: Option<TokenBucket>, ping_interval: Duration, now: Instant) -> Session {
-        Session { ctx: None, user, bucket, rooms: rooms.map(Box::new), next_ping: now + ping_interval }
+    pub fn new(
+        user: Rc<str>,
+        rooms: Option<RoomRule>,
+        bucket: Option<TokenBucket>,
+        ping_interval: Duration,
+        now: Instant,
+    ) -> Session {
+        Session {
+            ctx: None,
+            user,
+            bucket,
+            rooms: rooms.map(Box::new),
+            next_ping: now + ping_interval,
+        }
     }
 
     /// Whether this connection may join `room` (the JWT `rooms` claim).
@@ -320,17 +356,31 @@ impl Session {
 
     /// Feeds bytes read from the socket to tungstenite; complete messages are appended to
     /// `inbox` and tungstenite's own replies (pongs, the close reply) to `output`.
-    pub fn feed(&mut self, input: &[u8], output: &mut OutputQueue, config: &WebSocketConfig, inbox: &mut Vec<Message>) -> Feed {
-        let ctx = self.ctx.get_or_insert_with(|| Box::new(WebSocketContext::new(Role::Server, Some(*config))));
+    pub fn feed(
+        &mut self,
+        input: &[u8],
+        output: &mut OutputQueue,
+        config: &WebSocketConfig,
+        inbox: &mut Vec<Message>,
+    ) -> Feed {
+        let ctx = self
+            .ctx
+            .get_or_insert_with(|| Box::new(WebSocketContext::new(Role::Server, Some(*config))));
         let mut wire = Wire { input, output };
         loop {
             match ctx.read(&mut wire) {
                 Ok(message) => inbox.push(message),
                 Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return Feed::Open,
                 Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => return Feed::Closed,
-                Err(WsError::Capacity(_)) => return Feed::Failed(close_code::TOO_BIG, "message too big"),
-                Err(WsError::Utf8(_)) => return Feed::Failed(close_code::INVALID_PAYLOAD, "invalid UTF-8"),
-                Err(WsError::Protocol(_)) => return Feed::Failed(close_code::PROTOCOL_ERROR, "protocol error"),
+                Err(WsError::Capacity(_)) => {
+                    return Feed::Failed(close_code::TOO_BIG, "message too big");
+                }
+                Err(WsError::Utf8(_)) => {
+                    return Feed::Failed(close_code::INVALID_PAYLOAD, "invalid UTF-8");
+                }
+                Err(WsError::Protocol(_)) => {
+                    return Feed::Failed(close_code::PROTOCOL_ERROR, "protocol error");
+                }
                 Err(_) => return Feed::Failed(close_code::INTERNAL_ERROR, "internal error"),
             }
         }
@@ -375,11 +425,20 @@ mod tests {
     use super::*;
 
     fn config() -> WebSocketConfig {
-        WebSocketConfig::default().read_buffer_size(64).max_message_size(Some(1024)).max_frame_size(Some(1024))
+        WebSocketConfig::default()
+            .read_buffer_size(64)
+            .max_message_size(Some(1024))
+            .max_frame_size(Some(1024))
     }
 
     fn session() -> Session {
-        Session::new("alice".into(), None, None, Duration::from_secs(30), Instant::now())
+        Session::new(
+            "alice".into(),
+            None,
+            None,
+            Duration::from_secs(30),
+            Instant::now(),
+        )
     }
 
     /// A masked client frame.
@@ -405,9 +464,20 @@ mod tests {
         let mut inbox = Vec::new();
         let bytes = [client_frame(0x81, b"hello"), client_frame(0x82, &[0, 1, 2])].concat();
         for byte in &bytes {
-            assert_eq!(session.feed(std::slice::from_ref(byte), &mut output, &config(), &mut inbox), Feed::Open);
+            assert_eq!(
+                session.feed(
+                    std::slice::from_ref(byte),
+                    &mut output,
+                    &config(),
+                    &mut inbox
+                ),
+                Feed::Open
+            );
         }
-        assert_eq!(inbox, [Message::text("hello"), Message::binary(vec![0, 1, 2])]);
+        assert_eq!(
+            inbox,
+            [Message::text("hello"), Message::binary(vec![0, 1, 2])]
+        );
         assert!(output.is_empty());
     }
 
@@ -416,7 +486,12 @@ mod tests {
         let mut session = session();
         let mut output = OutputQueue::default();
         let mut inbox = Vec::new();
-        session.feed(&client_frame(0x89, b"abc"), &mut output, &config(), &mut inbox);
+        session.feed(
+            &client_frame(0x89, b"abc"),
+            &mut output,
+            &config(),
+            &mut inbox,
+        );
         session.feed(&[], &mut output, &config(), &mut inbox);
         assert_eq!(output.front(usize::MAX), &[0x8A, 3, b'a', b'b', b'c']);
     }
@@ -424,7 +499,10 @@ mod tests {
     #[test]
     fn protocol_errors_map_to_close_codes() {
         let cases: [(Vec<u8>, u16); 4] = [
-            (client_frame(0x81, &[0xC3, 0x28]), close_code::INVALID_PAYLOAD),
+            (
+                client_frame(0x81, &[0xC3, 0x28]),
+                close_code::INVALID_PAYLOAD,
+            ),
             (client_frame(0x82, &[0; 2000]), close_code::TOO_BIG),
             (client_frame(0x83, b"x"), close_code::PROTOCOL_ERROR),
             (vec![0x81, 0x01, b'x'], close_code::PROTOCOL_ERROR),
@@ -432,7 +510,10 @@ mod tests {
         for (bytes, code) in cases {
             let mut output = OutputQueue::default();
             let feed = session().feed(&bytes, &mut output, &config(), &mut Vec::new());
-            assert!(matches!(feed, Feed::Failed(c, _) if c == code), "{feed:?} for {bytes:?}");
+            assert!(
+                matches!(feed, Feed::Failed(c, _) if c == code),
+                "{feed:?} for {bytes:?}"
+            );
         }
     }
 
@@ -441,7 +522,12 @@ mod tests {
         let mut session = session();
         let mut output = OutputQueue::default();
         let mut inbox = Vec::new();
-        let feed = session.feed(&client_frame(0x88, &1000u16.to_be_bytes()), &mut output, &config(), &mut inbox);
+        let feed = session.feed(
+            &client_frame(0x88, &1000u16.to_be_bytes()),
+            &mut output,
+            &config(),
+            &mut inbox,
+        );
         assert_eq!(feed, Feed::Closed);
         assert_eq!(output.front(usize::MAX), &[0x88, 2, 0x03, 0xE8]);
     }

@@ -54,8 +54,14 @@ pub fn encode_close(code: u16, reason: &str, out: &mut Vec<u8>) {
 pub fn encoded_len(bytes: &[u8]) -> Option<usize> {
     let second = *bytes.get(1)?;
     let (header, payload) = match second & 0x7F {
-        126 => (4, u16::from_be_bytes(bytes.get(2..4)?.try_into().ok()?) as usize),
-        127 => (10, u64::from_be_bytes(bytes.get(2..10)?.try_into().ok()?) as usize),
+        126 => (
+            4,
+            u16::from_be_bytes(bytes.get(2..4)?.try_into().ok()?) as usize,
+        ),
+        127 => (
+            10,
+            u64::from_be_bytes(bytes.get(2..10)?.try_into().ok()?) as usize,
+        ),
         short => (2, short as usize),
     };
     Some(header + payload)
@@ -76,8 +82,14 @@ mod tests {
         assert_eq!(&encoded(OpCode::Text, 0)[..2], &[0x81, 0]);
         assert_eq!(&encoded(OpCode::Text, 125)[..2], &[0x81, 125]);
         assert_eq!(&encoded(OpCode::Binary, 126)[..4], &[0x82, 126, 0, 126]);
-        assert_eq!(&encoded(OpCode::Binary, 65535)[..4], &[0x82, 126, 0xFF, 0xFF]);
-        assert_eq!(&encoded(OpCode::Binary, 65536)[..10], &[0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0]);
+        assert_eq!(
+            &encoded(OpCode::Binary, 65535)[..4],
+            &[0x82, 126, 0xFF, 0xFF]
+        );
+        assert_eq!(
+            &encoded(OpCode::Binary, 65536)[..10],
+            &[0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0]
+        );
     }
 
     #[test]

@@ -47,23 +47,35 @@ fn init_logging(level: Option<&str>) {
     if !filters.contains("tungstenite") {
         filters.push_str(",tungstenite=info");
     }
-    env_logger::Builder::new().parse_filters(&filters).format_target(false).init();
+    env_logger::Builder::new()
+        .parse_filters(&filters)
+        .format_target(false)
+        .init();
 }
 
 /// SPEC §2: raise the soft open-file limit to the hard limit, and warn when even that cannot
 /// hold `--max-connections` sockets.
 fn raise_open_file_limit(max_connections: usize) {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit/setrlimit only read or write the struct passed by pointer.
     let raised = unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return warn!("could not read the open-file limit: {}", std::io::Error::last_os_error());
+            return warn!(
+                "could not read the open-file limit: {}",
+                std::io::Error::last_os_error()
+            );
         }
         limit.rlim_cur = limit.rlim_max;
         libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
     };
     if !raised {
-        warn!("could not raise the open-file limit: {}", std::io::Error::last_os_error());
+        warn!(
+            "could not raise the open-file limit: {}",
+            std::io::Error::last_os_error()
+        );
     }
     // A few descriptors go to the listener, the poll and the signal pipes.
     let usable = (limit.rlim_cur as usize).saturating_sub(16);

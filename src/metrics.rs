@@ -98,26 +98,75 @@ impl Metrics {
         let mut out = String::with_capacity(2048);
         let mut series = |name: &str, kind: &str, help: &str, value: u64| {
             // Writing to a String cannot fail.
-            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n");
+            let _ = write!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            );
         };
-        series("wshub_connections", "gauge", "Open WebSocket connections.", gauges.connections as u64);
-        series("wshub_connections_total", "counter", "WebSocket upgrades accepted.", self.connections_total);
-        series("wshub_messages_received_total", "counter", "Messages received from clients.", self.messages_received);
-        series("wshub_messages_delivered_total", "counter", "Messages queued to recipients.", self.messages_delivered);
-        series("wshub_bytes_received_total", "counter", "Bytes read from client sockets.", self.bytes_received);
-        series("wshub_bytes_sent_total", "counter", "Bytes written to client sockets.", self.bytes_sent);
+        series(
+            "wshub_connections",
+            "gauge",
+            "Open WebSocket connections.",
+            gauges.connections as u64,
+        );
+        series(
+            "wshub_connections_total",
+            "counter",
+            "WebSocket upgrades accepted.",
+            self.connections_total,
+        );
+        series(
+            "wshub_messages_received_total",
+            "counter",
+            "Messages received from clients.",
+            self.messages_received,
+        );
+        series(
+            "wshub_messages_delivered_total",
+            "counter",
+            "Messages queued to recipients.",
+            self.messages_delivered,
+        );
+        series(
+            "wshub_bytes_received_total",
+            "counter",
+            "Bytes read from client sockets.",
+            self.bytes_received,
+        );
+        series(
+            "wshub_bytes_sent_total",
+            "counter",
+            "Bytes written to client sockets.",
+            self.bytes_sent,
+        );
         series(
             "wshub_slow_consumer_disconnects_total",
             "counter",
             "Connections closed for exceeding --max-buffered.",
             self.slow_consumer_disconnects,
         );
-        series("wshub_rooms", "gauge", "Rooms with at least one member.", gauges.rooms as u64);
-        series("wshub_users", "gauge", "Distinct users online.", gauges.users as u64);
-        out.push_str("# HELP wshub_handshake_failures_total Failed WebSocket handshakes by reason.\n");
+        series(
+            "wshub_rooms",
+            "gauge",
+            "Rooms with at least one member.",
+            gauges.rooms as u64,
+        );
+        series(
+            "wshub_users",
+            "gauge",
+            "Distinct users online.",
+            gauges.users as u64,
+        );
+        out.push_str(
+            "# HELP wshub_handshake_failures_total Failed WebSocket handshakes by reason.\n",
+        );
         out.push_str("# TYPE wshub_handshake_failures_total counter\n");
         for (failure, count) in HandshakeFailure::ALL.iter().zip(self.handshake_failures) {
-            let _ = writeln!(out, "wshub_handshake_failures_total{{reason=\"{}\"}} {count}", failure.label());
+            let _ = writeln!(
+                out,
+                "wshub_handshake_failures_total{{reason=\"{}\"}} {count}",
+                failure.label()
+            );
         }
         out
     }
@@ -129,10 +178,18 @@ mod tests {
 
     #[test]
     fn render_lists_every_spec_series_with_values() {
-        let mut metrics = Metrics { connections_total: 3, messages_delivered: 12, ..Metrics::default() };
+        let mut metrics = Metrics {
+            connections_total: 3,
+            messages_delivered: 12,
+            ..Metrics::default()
+        };
         metrics.handshake_failed(HandshakeFailure::from_status(403));
         metrics.handshake_failed(HandshakeFailure::from_status(400));
-        let text = metrics.render(Gauges { connections: 2, rooms: 1, users: 2 });
+        let text = metrics.render(Gauges {
+            connections: 2,
+            rooms: 1,
+            users: 2,
+        });
         for line in [
             "wshub_connections 2",
             "wshub_connections_total 3",
@@ -146,7 +203,10 @@ mod tests {
             "wshub_bytes_received_total 0",
             "wshub_messages_received_total 0",
         ] {
-            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
         }
     }
 }

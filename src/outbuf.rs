@@ -78,7 +78,8 @@ impl OutputQueue {
             // Either nothing of the current frame is written, or a preamble is still unsent.
             self.anchor
         } else {
-            frame::encoded_len(&self.buf[self.anchor..]).map_or(self.buf.len(), |len| self.anchor + len)
+            frame::encoded_len(&self.buf[self.anchor..])
+                .map_or(self.buf.len(), |len| self.anchor + len)
         };
         self.buf.truncate(keep);
         if self.is_empty() {
@@ -212,6 +213,9 @@ mod tests {
         let written = 20 * frames[0].len() + 123;
         queue.consume(written);
         queue.cut_after_current_frame();
-        assert_eq!(queue.front(usize::MAX), &total[written..21 * frames[0].len()]);
+        assert_eq!(
+            queue.front(usize::MAX),
+            &total[written..21 * frames[0].len()]
+        );
     }
 }

@@ -26,9 +26,9 @@ use crate::conn::{Connection, Due, Expiry, Feed, Flushed, Phase, Session, Timeou
 use crate::events::{self, Delivery, Failure};
 use crate::frame::{self, OpCode};
 use crate::http::request::Limits;
-use crate::http::route::json_error;
+use crate::http::route::{self, json_error};
 use crate::http::upgrade::{Claim, Policy, switching_protocols};
-use crate::http::{Response, Route, RouteContext, Upgrade, route};
+use crate::http::{Response, Route, RouteContext, Upgrade};
 use crate::hub::{ConnId, Hub};
 use crate::metrics::{Gauges, HandshakeFailure, Metrics};
 use crate::netaddr;
@@ -169,13 +169,21 @@ impl Server {
         let mut listener = TcpListener::from_std(std_listener);
         let local_addr = listener.local_addr()?;
         let assets = match &config.assets {
-            Some(dir) => Assets::from_dir(dir)
-                .map_err(|e| io::Error::new(e.kind(), format!("could not read assets from {}: {e}", dir.display())))?,
+            Some(dir) => Assets::from_dir(dir).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("could not read assets from {}: {e}", dir.display()),
+                )
+            })?,
             None => Assets::embedded(),
         };
-        let verifier = config.jwt_secret.as_ref().map(|secret| JwtVerifier::new(secret.as_bytes(), config.jwt_leeway));
+        let verifier = config
+            .jwt_secret
+            .as_ref()
+            .map(|secret| JwtVerifier::new(secret.as_bytes(), config.jwt_leeway));
         let poll = Poll::new()?;
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
         let now = Instant::now();
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(WS_READ_BUFFER)
@@ -195,7 +203,12 @@ impl Server {
             ws_config,
             assets,
             verifier,
-            out: Outputs { conns: Slab::new(), dirty: Vec::new(), slow: Vec::new(), max_buffered: config.max_buffered },
+            out: Outputs {
+                conns: Slab::new(),
+                dirty: Vec::new(),
+                slow: Vec::new(),
+                max_buffered: config.max_buffered,
+            },
             open_count: 0,
             hub: Hub::new(),
             timers: TimerWheel::new(now),
@@ -224,7 +237,11 @@ impl Server {
     /// Makes SIGINT/SIGTERM start a graceful shutdown and SIGHUP harmless (process-wide, so
     /// only the daemon calls it, not tests that run several servers in one process).
     pub fn handle_signals(&mut self) -> io::Result<()> {
-        self.signals = Some(Signals::install(self.poll.registry(), SHUTDOWN_SIGNAL, HANGUP_SIGNAL)?);
+        self.signals = Some(Signals::install(
+            self.poll.registry(),
+            SHUTDOWN_SIGNAL,
+            HANGUP_SIGNAL,
+        )?);
         Ok(())
     }
 
@@ -264,7 +281,10 @@ impl Server {
             if let Some(deadline) = self.drain_deadline
                 && (self.out.conns.is_empty() || self.now >= deadline)
             {
-                info!("shutdown complete ({} connections left undrained)", self.out.conns.len());
+                info!(
+                    "shutdown complete ({} connections left undrained)",
+                    self.out.conns.len()
+                );
                 return Ok(());
             }
         }
@@ -276,7 +296,10 @@ impl Server {
         for key in std::mem::take(&mut self.backlog) {
             self.on_readable(key);
         }
-        if self.accept_paused_until.is_some_and(|until| self.now >= until) {
+        if self
+            .accept_paused_until
+            .is_some_and(|until| self.now >= until)
+        {
             self.accept_paused_until = None;
             self.accept();
         }
@@ -293,8 +316,10 @@ impl Server {
         let now = Instant::now();
         [
             self.timers.next_timeout(now),
-            self.accept_paused_until.map(|t| t.saturating_duration_since(now)),
-            self.drain_deadline.map(|t| t.saturating_duration_since(now)),
+            self.accept_paused_until
+                .map(|t| t.saturating_duration_since(now)),
+            self.drain_deadline
+                .map(|t| t.saturating_duration_since(now)),
         ]
         .into_iter()
         .flatten()
@@ -312,7 +337,11 @@ impl Server {
             match listener.accept() {
                 Ok((socket, peer)) => self.add_connection(socket, peer),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) => {}
                 Err(e) => {
                     // Typically EMFILE: the descriptor limit is reached. The pending connection
                     // stays in the backlog; try again shortly instead of spinning.
@@ -407,7 +436,10 @@ impl Server {
                 self.reschedule(key);
             }
             Feed::Failed(code, reason) => {
-                warn!("{}: closing with {code}: {reason}", self.out.conns[key].client);
+                warn!(
+                    "{}: closing with {code}: {reason}",
+                    self.out.conns[key].client
+                );
                 self.close(key, code, reason);
             }
         }
@@ -424,7 +456,10 @@ impl Server {
         let Phase::Open(session) = &mut self.out.conns[key].phase else {
             return;
         };
-        let allowed = session.bucket.as_mut().is_none_or(|bucket| bucket.try_take(self.now));
+        let allowed = session
+            .bucket
+            .as_mut()
+            .is_none_or(|bucket| bucket.try_take(self.now));
         match self.config.protocol {
             Protocol::Raw | Protocol::Echo if !allowed => {}
             Protocol::Raw => {
@@ -439,7 +474,8 @@ impl Server {
             Protocol::Echo => {
                 self.frame.clear();
                 frame::encode(opcode, payload, &mut self.frame);
-                self.metrics.messages_delivered += u64::from(self.out.send(key, &self.frame, self.now));
+                self.metrics.messages_delivered +=
+                    u64::from(self.out.send(key, &self.frame, self.now));
             }
             Protocol::Events => {
                 let text = match &message {
@@ -460,8 +496,15 @@ impl Server {
                         };
                         events::handle(&mut self.hub, &ctx, text, &mut deliveries);
                     }
-                    Some(text) => events::refuse(ConnId(key), Some(text), Failure::RATE_LIMITED, &mut deliveries),
-                    None => events::refuse(ConnId(key), None, Failure::BINARY_FRAME, &mut deliveries),
+                    Some(text) => events::refuse(
+                        ConnId(key),
+                        Some(text),
+                        Failure::RATE_LIMITED,
+                        &mut deliveries,
+                    ),
+                    None => {
+                        events::refuse(ConnId(key), None, Failure::BINARY_FRAME, &mut deliveries)
+                    }
                 }
                 self.deliver(&mut deliveries);
                 self.deliveries = deliveries;
@@ -490,7 +533,10 @@ impl Server {
 
     /// Answers every complete request buffered on an HTTP connection.
     fn serve_requests(&mut self, key: usize) {
-        let limits = Limits { max_head: self.config.max_header_bytes, max_body: self.config.max_message_size };
+        let limits = Limits {
+            max_head: self.config.max_header_bytes,
+            max_body: self.config.max_message_size,
+        };
         loop {
             let conn = &mut self.out.conns[key];
             let Phase::Http(reader) = &mut conn.phase else {
@@ -499,10 +545,20 @@ impl Server {
             let (request, body) = match reader.next(limits) {
                 Ok(Some(request)) => request,
                 Ok(None) => return,
-                Err(response) => {
-                    debug!("{}: bad request: {}", conn.client, response.status);
-                    self.metrics.handshake_failed(HandshakeFailure::from_status(response.status));
-                    self.respond(key, &response, true);
+                Err(refused) => {
+                    debug!(
+                        "{}: request refused with {}: {}",
+                        conn.client, refused.status, refused.why
+                    );
+                    if refused
+                        .path
+                        .as_deref()
+                        .is_none_or(|path| path == self.config.ws_path)
+                    {
+                        self.metrics
+                            .handshake_failed(HandshakeFailure::from_status(refused.status));
+                    }
+                    self.respond(key, &route::refusal(&refused), true);
                     return;
                 }
             };
@@ -525,7 +581,7 @@ impl Server {
                 at_capacity: self.open_count >= self.config.max_connections,
                 api_key: self.config.api_key.as_deref(),
             };
-            let response = match route(&request, &ctx) {
+            let response = match route::route(&request, &ctx) {
                 Route::Upgrade(upgrade) => {
                     self.upgrade(key, upgrade);
                     return;
@@ -540,16 +596,30 @@ impl Server {
                 Route::Respond(response) => {
                     if request.path == self.config.ws_path {
                         let why = String::from_utf8_lossy(&response.body);
-                        debug!("{}: upgrade refused with {}: {}", self.out.conns[key].client, response.status, why.trim());
+                        debug!(
+                            "{}: upgrade refused with {}: {}",
+                            self.out.conns[key].client,
+                            response.status,
+                            why.trim()
+                        );
                         if response.status == 401 {
-                            warn!("{}: upgrade refused: {}", self.out.conns[key].client, why.trim());
+                            warn!(
+                                "{}: upgrade refused: {}",
+                                self.out.conns[key].client,
+                                why.trim()
+                            );
                         }
-                        self.metrics.handshake_failed(HandshakeFailure::from_status(response.status));
+                        self.metrics
+                            .handshake_failed(HandshakeFailure::from_status(response.status));
                     }
                     response
                 }
             };
-            let response = if request.keep_alive() { response } else { response.closing() };
+            let response = if request.keep_alive() {
+                response
+            } else {
+                response.closing()
+            };
             self.respond(key, &response, request.method != "HEAD");
             if response.close {
                 return;
@@ -560,7 +630,10 @@ impl Server {
     /// `GET /api/online`: who is online, in a room or anywhere.
     fn api_online(&self, room: Option<&str>) -> Response {
         let (mut users, connections): (Vec<&str>, usize) = match room {
-            Some(room) => (self.hub.room_users(room).collect(), self.hub.room_members(room).len()),
+            Some(room) => (
+                self.hub.room_users(room).collect(),
+                self.hub.room_members(room).len(),
+            ),
             None => (self.hub.users().collect(), self.hub.connection_count()),
         };
         users.sort_unstable();
@@ -576,7 +649,10 @@ impl Server {
         match events::publish(unix_ms(), self.config.max_message_size, body) {
             Ok(delivery) => {
                 let delivered = self.deliver_one(&delivery);
-                Response::json(200, serde_json::json!({ "delivered": delivered }).to_string())
+                Response::json(
+                    200,
+                    serde_json::json!({ "delivered": delivered }).to_string(),
+                )
             }
             Err(failure) => json_error(failure.code, failure.error),
         }
@@ -605,7 +681,10 @@ impl Server {
         let (user, rooms) = match upgrade.claim {
             Claim::Token(identity) => {
                 let name = identity.name.as_deref().unwrap_or("-");
-                debug!("{}: token accepted for {} (name {name})", self.out.conns[key].client, identity.user);
+                debug!(
+                    "{}: token accepted for {} (name {name})",
+                    self.out.conns[key].client, identity.user
+                );
                 (Rc::from(identity.user), identity.rooms)
             }
             Claim::Named(user) => (Rc::from(user), None),
@@ -614,7 +693,10 @@ impl Server {
                 (Rc::from(format!("anon-{}", self.anon_counter)), None)
             }
         };
-        let bucket = self.config.rate_limit.map(|rate| TokenBucket::new(rate, self.now));
+        let bucket = self
+            .config
+            .rate_limit
+            .map(|rate| TokenBucket::new(rate, self.now));
         let conn = &mut self.out.conns[key];
         conn.push(&bytes, self.now);
         let rest = match &mut conn.phase {
@@ -623,7 +705,10 @@ impl Server {
         };
         debug!("{}: WebSocket open as {user}", conn.client);
         self.hub.connect(ConnId(key), &user);
-        conn.open(Session::new(user, rooms, bucket, self.timeouts.ping_interval, self.now), self.now);
+        conn.open(
+            Session::new(user, rooms, bucket, self.timeouts.ping_interval, self.now),
+            self.now,
+        );
         self.open_count += 1;
         self.metrics.connections_total += 1;
         self.reschedule(key);
@@ -637,7 +722,10 @@ impl Server {
         let conn = &mut self.out.conns[key];
         conn.peer_closed = true;
         if matches!(conn.phase, Phase::Open(_)) {
-            debug!("{}: connection closed without a close handshake", conn.client);
+            debug!(
+                "{}: connection closed without a close handshake",
+                conn.client
+            );
         }
         self.unregister(key);
         let conn = &mut self.out.conns[key];
@@ -737,7 +825,10 @@ impl Server {
             }
             let pending = conn.output.len();
             conn.output.cut_after_current_frame();
-            warn!("{}: slow consumer with {pending} bytes pending; disconnecting", conn.client);
+            warn!(
+                "{}: slow consumer with {pending} bytes pending; disconnecting",
+                conn.client
+            );
             self.metrics.slow_consumer_disconnects += 1;
             self.close(key, close_code::POLICY_VIOLATION, "slow consumer");
         }
@@ -864,9 +955,19 @@ impl Server {
 fn resolve(listen: &str) -> io::Result<SocketAddr> {
     listen
         .to_socket_addrs()
-        .map_err(|e| io::Error::new(e.kind(), format!("invalid --listen address {listen:?}: {e}")))?
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("invalid --listen address {listen:?}: {e}"),
+            )
+        })?
         .next()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("--listen {listen:?} resolves to no address")))
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("--listen {listen:?} resolves to no address"),
+            )
+        })
 }
 
 fn unix_ms() -> u64 {

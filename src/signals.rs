@@ -20,7 +20,11 @@ pub struct Signals {
 
 impl Signals {
     /// Installs the handlers and registers the pipes with `registry`.
-    pub fn install(registry: &Registry, shutdown_token: Token, hangup_token: Token) -> io::Result<Signals> {
+    pub fn install(
+        registry: &Registry,
+        shutdown_token: Token,
+        hangup_token: Token,
+    ) -> io::Result<Signals> {
         let mut shutdown = pipe(&[SIGINT, SIGTERM])?;
         let mut hangup = pipe(&[SIGHUP])?;
         registry.register(&mut shutdown, shutdown_token, Interest::READABLE)?;

@@ -23,7 +23,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => value * 3_600.0,
         other => return Err(format!("invalid duration {text:?}: unknown unit {other:?}")),
     };
-    Duration::try_from_secs_f64(seconds).map_err(|_| format!("invalid duration {text:?}: too large"))
+    Duration::try_from_secs_f64(seconds)
+        .map_err(|_| format!("invalid duration {text:?}: too large"))
 }
 
 /// Parses `64KiB`, `4MiB`, `1GiB`, `10KB`, `2MB` or a bare number of bytes.
@@ -97,7 +98,11 @@ mod tests {
     fn durations_reject_garbage_with_a_reason() {
         assert!(parse_duration("").is_err());
         assert!(parse_duration("fast").is_err());
-        assert!(parse_duration("10 parsecs").unwrap_err().contains("unknown unit"));
+        assert!(
+            parse_duration("10 parsecs")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
         assert!(parse_duration("1e999").is_err());
     }
 

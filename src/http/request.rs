@@ -6,8 +6,6 @@
 
 use std::borrow::Cow;
 
-use super::Response;
-
 /// Most header lines accepted; more is answered like an oversized head (431).
 const MAX_HEADERS: usize = 64;
 
@@ -61,10 +59,14 @@ pub fn parse(buf: &[u8]) -> Result<(Request, usize), ParseError> {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Err(ParseError::Malformed("incomplete request")),
         Err(httparse::Error::TooManyHeaders) => return Err(ParseError::TooLarge),
-        Err(httparse::Error::Version) => return Err(ParseError::Malformed("unsupported HTTP version")),
+        Err(httparse::Error::Version) => {
+            return Err(ParseError::Malformed("unsupported HTTP version"));
+        }
         Err(_) => return Err(ParseError::Malformed("malformed request")),
     };
-    let (Some(method), Some(target), Some(minor_version)) = (parsed.method, parsed.path, parsed.version) else {
+    let (Some(method), Some(target), Some(minor_version)) =
+        (parsed.method, parsed.path, parsed.version)
+    else {
         return Err(ParseError::Malformed("malformed request line"));
     };
     if !target.starts_with('/') {
@@ -100,7 +102,10 @@ impl Request {
 
     /// How many headers are called `name` (duplicated security headers are refused).
     pub fn header_count(&self, name: &str) -> usize {
-        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).count()
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .count()
     }
 
     /// Whether a comma-separated header such as `Connection: keep-alive, Upgrade` holds `token`.
@@ -170,15 +175,19 @@ impl RequestReader {
         self.buf.extend_from_slice(bytes);
     }
 
-    /// The next complete request and its body, `None` while incomplete, or the error response
-    /// that ends the connection (400, 411, 413, 431).
-    pub fn next(&mut self, limits: Limits) -> Result<Option<(Request, Vec<u8>)>, Response> {
+    /// The next complete request and its body, `None` while incomplete, or why the request is
+    /// refused (400, 411, 413, 431), which ends the connection.
+    pub fn next(&mut self, limits: Limits) -> Result<Option<(Request, Vec<u8>)>, Refused> {
         if self.head.is_none() {
             let end = match head_end(&self.buf, self.scanned) {
                 Ok(end) => end,
                 Err(scanned) => {
                     self.scanned = scanned;
-                    return if self.buf.len() > limits.max_head { Err(too_large()) } else { Ok(None) };
+                    return if self.buf.len() > limits.max_head {
+                        Err(too_large())
+                    } else {
+                        Ok(None)
+                    };
                 }
             };
             if end > limits.max_head {
@@ -186,15 +195,28 @@ impl RequestReader {
             }
             let (request, head_len) = parse(&self.buf[..end]).map_err(|error| match error {
                 ParseError::TooLarge => too_large(),
-                ParseError::Malformed(why) => Response::fatal(400, why),
+                ParseError::Malformed(why) => Refused {
+                    status: 400,
+                    why,
+                    path: None,
+                },
             })?;
+            let refuse = |status, why| {
+                Err(Refused {
+                    status,
+                    why,
+                    path: Some(request.path.clone()),
+                })
+            };
             let body_len = match request.content_length() {
-                Err(why) => return Err(Response::fatal(400, why)),
-                Ok(None) if request.method == "POST" => return Err(Response::fatal(411, "POST needs Content-Length\n")),
+                Err(why) => return refuse(400, why),
+                Ok(None) if request.method == "POST" => {
+                    return refuse(411, "POST needs Content-Length");
+                }
                 Ok(len) => len.unwrap_or(0),
             };
             if body_len > limits.max_body {
-                return Err(Response::fatal(413, "request body too large\n"));
+                return refuse(413, "request body too large");
             }
             self.head = Some((request, head_len, body_len));
         }
@@ -218,8 +240,23 @@ impl RequestReader {
     }
 }
 
-fn too_large() -> Response {
-    Response::fatal(431, "request head too large\n")
+/// Why a request was refused before it could be routed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    /// The HTTP status to answer with.
+    pub status: u16,
+    /// A short reason for the body.
+    pub why: &'static str,
+    /// The request's path when the head could be read (the API answers errors in JSON).
+    pub path: Option<String>,
+}
+
+fn too_large() -> Refused {
+    Refused {
+        status: 431,
+        why: "request head too large",
+        path: None,
+    }
 }
 
 /// The decoded value of parameter `name` in a raw query string.
@@ -300,9 +337,18 @@ mod tests {
 
     #[test]
     fn parse_refuses_garbage_and_absolute_targets() {
-        assert_eq!(parse(b"\x16\x03\x01\x02\r\n\r\n"), Err(ParseError::Malformed("malformed request")));
-        assert!(matches!(parse(b"GET http://x/ HTTP/1.1\r\n\r\n"), Err(ParseError::Malformed(_))));
-        assert!(matches!(parse(b"GET / HTTP/2.0\r\n\r\n"), Err(ParseError::Malformed(_))));
+        assert_eq!(
+            parse(b"\x16\x03\x01\x02\r\n\r\n"),
+            Err(ParseError::Malformed("malformed request"))
+        );
+        assert!(matches!(
+            parse(b"GET http://x/ HTTP/1.1\r\n\r\n"),
+            Err(ParseError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse(b"GET / HTTP/2.0\r\n\r\n"),
+            Err(ParseError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -319,23 +365,36 @@ mod tests {
     fn keep_alive_follows_version_and_connection_header() {
         let http10 = parse(b"GET / HTTP/1.0\r\n\r\n").unwrap().0;
         assert!(!http10.keep_alive());
-        let close = parse(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap().0;
+        let close = parse(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .unwrap()
+            .0;
         assert!(!close.keep_alive());
     }
 
     #[test]
     fn content_length_must_be_single_and_numeric() {
-        let ok = parse(b"POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n").unwrap().0;
+        let ok = parse(b"POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n")
+            .unwrap()
+            .0;
         assert_eq!(ok.content_length(), Ok(Some(12)));
-        let dup = parse(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n").unwrap().0;
+        let dup = parse(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n")
+            .unwrap()
+            .0;
         assert!(dup.content_length().is_err());
-        let chunked = parse(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap().0;
+        let chunked = parse(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .unwrap()
+            .0;
         assert!(chunked.content_length().is_err());
-        let junk = parse(b"POST / HTTP/1.1\r\nContent-Length: -5\r\n\r\n").unwrap().0;
+        let junk = parse(b"POST / HTTP/1.1\r\nContent-Length: -5\r\n\r\n")
+            .unwrap()
+            .0;
         assert!(junk.content_length().is_err());
     }
 
-    const LIMITS: Limits = Limits { max_head: 256, max_body: 16 };
+    const LIMITS: Limits = Limits {
+        max_head: 256,
+        max_body: 16,
+    };
 
     #[test]
     fn reader_returns_pipelined_requests_with_bodies_in_order() {
@@ -366,8 +425,14 @@ mod tests {
             reader.next(LIMITS).unwrap_err().status
         };
         assert_eq!(status(&[b'a'; 300]), 431);
-        assert_eq!(status(format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "y".repeat(300)).as_bytes()), 431);
-        assert_eq!(status(b"POST / HTTP/1.1\r\nContent-Length: 17\r\n\r\n"), 413);
+        assert_eq!(
+            status(format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "y".repeat(300)).as_bytes()),
+            431
+        );
+        assert_eq!(
+            status(b"POST / HTTP/1.1\r\nContent-Length: 17\r\n\r\n"),
+            413
+        );
         assert_eq!(status(b"POST / HTTP/1.1\r\n\r\n"), 411);
         assert_eq!(status(b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n"), 400);
         assert_eq!(status(b"BAD\r\n\r\n"), 400);

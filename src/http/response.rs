@@ -18,8 +18,17 @@ pub struct Response {
 
 impl Response {
     /// A response with a body of the given type.
-    pub fn new(status: u16, content_type: &'static str, body: impl Into<Cow<'static, [u8]>>) -> Response {
-        Response { status, headers: vec![("Content-Type", content_type.into())], body: body.into(), close: false }
+    pub fn new(
+        status: u16,
+        content_type: &'static str,
+        body: impl Into<Cow<'static, [u8]>>,
+    ) -> Response {
+        Response {
+            status,
+            headers: vec![("Content-Type", content_type.into())],
+            body: body.into(),
+            close: false,
+        }
     }
 
     /// A response with a `text/plain` body that says why.
@@ -41,7 +50,11 @@ impl Response {
         Response::text(status, body).closing()
     }
 
-    pub fn with_header(mut self, name: &'static str, value: impl Into<Cow<'static, str>>) -> Response {
+    pub fn with_header(
+        mut self,
+        name: &'static str,
+        value: impl Into<Cow<'static, str>>,
+    ) -> Response {
         self.headers.push((name, value.into()));
         self
     }

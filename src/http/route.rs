@@ -3,6 +3,7 @@
 use crate::assets::Assets;
 use crate::auth;
 
+use super::request::Refused;
 use super::upgrade::{self, Policy};
 use super::{Request, Response, Upgrade};
 
@@ -40,7 +41,9 @@ pub fn route(request: &Request, ctx: &RouteContext) -> Route {
     let path = request.path.as_str();
     if path == ctx.ws_path {
         return match upgrade::check(request, &ctx.policy) {
-            Ok(_) if ctx.at_capacity => Route::Respond(Response::fatal(503, "server is at its connection limit\n")),
+            Ok(_) if ctx.at_capacity => {
+                Route::Respond(Response::fatal(503, "server is at its connection limit\n"))
+            }
             Ok(upgrade) => Route::Upgrade(upgrade),
             Err(response) => Route::Respond(response),
         };
@@ -49,12 +52,17 @@ pub fn route(request: &Request, ctx: &RouteContext) -> Route {
         return api(request, endpoint, ctx.api_key);
     }
     let readable = matches!(request.method.as_str(), "GET" | "HEAD");
-    let known = path == "/" || path == "/healthz" || path == "/metrics" || path.starts_with("/assets/");
+    let known =
+        path == "/" || path == "/healthz" || path == "/metrics" || path.starts_with("/assets/");
     if known && !readable {
-        return Route::Respond(Response::text(405, "method not allowed\n").with_header("Allow", "GET, HEAD"));
+        return Route::Respond(
+            Response::text(405, "method not allowed\n").with_header("Allow", "GET, HEAD"),
+        );
     }
     match path {
-        "/healthz" => Route::Respond(Response::text(200, "ok\n").with_header("Cache-Control", "no-store")),
+        "/healthz" => {
+            Route::Respond(Response::text(200, "ok\n").with_header("Cache-Control", "no-store"))
+        }
         "/metrics" => Route::Metrics,
         "/" => serve_asset(ctx.assets, "index.html"),
         _ => match path.strip_prefix("/assets/") {
@@ -72,22 +80,36 @@ fn api(request: &Request, endpoint: &str, api_key: Option<&str>) -> Route {
         _ => return Route::Respond(json_error(404, "no such endpoint")),
     };
     let Some(api_key) = api_key else {
-        return Route::Respond(json_error(404, "the API is off: start wshub with --api-key"));
+        return Route::Respond(json_error(
+            404,
+            "the API is off: start wshub with --api-key",
+        ));
     };
     if !auth::api_key_matches(request.header("authorization"), api_key) {
-        return Route::Respond(json_error(401, "missing or wrong API key").with_header("WWW-Authenticate", "Bearer"));
+        return Route::Respond(
+            json_error(401, "missing or wrong API key").with_header("WWW-Authenticate", "Bearer"),
+        );
     }
     if request.method != method {
         return Route::Respond(json_error(405, "method not allowed").with_header("Allow", method));
     }
     match endpoint {
-        "online" => match request.query.as_deref().map(|_| request.query_param("room")) {
-            Some(Some(room)) if !room.is_empty() => Route::ApiOnline { room: Some(room.into_owned()) },
+        "online" => match request
+            .query
+            .as_deref()
+            .map(|_| request.query_param("room"))
+        {
+            Some(Some(room)) if !room.is_empty() => Route::ApiOnline {
+                room: Some(room.into_owned()),
+            },
             Some(Some(_)) => Route::Respond(json_error(400, "room must not be empty")),
             _ => Route::ApiOnline { room: None },
         },
         _ => {
-            let json = request.header("content-type").is_none_or(|t| t.starts_with("application/json"));
+            let json = request.header("content-type").is_none_or(|value| {
+                let media_type = value.split(';').next().unwrap_or_default().trim();
+                media_type.eq_ignore_ascii_case("application/json")
+            });
             if json {
                 Route::ApiPublish
             } else {
@@ -95,6 +117,21 @@ fn api(request: &Request, endpoint: &str, api_key: Option<&str>) -> Route {
             }
         }
     }
+}
+
+/// The answer to a request refused before routing: JSON on the API, plain text elsewhere; the
+/// connection is closed after it either way.
+pub fn refusal(refused: &Refused) -> Response {
+    let on_api = refused
+        .path
+        .as_deref()
+        .is_some_and(|path| path.starts_with("/api/"));
+    let response = if on_api {
+        json_error(refused.status, refused.why)
+    } else {
+        Response::text(refused.status, format!("{}\n", refused.why))
+    };
+    response.closing()
 }
 
 /// An API error: `{"error": why}` with `status`.
@@ -127,7 +164,11 @@ mod tests {
         let assets = Assets::embedded();
         let ctx = RouteContext {
             ws_path: "/ws",
-            policy: Policy { allow_origins: &[], verifier: None, now: std::time::SystemTime::now() },
+            policy: Policy {
+                allow_origins: &[],
+                verifier: None,
+                now: std::time::SystemTime::now(),
+            },
             assets: &assets,
             at_capacity,
             api_key,
@@ -152,9 +193,15 @@ mod tests {
         let no_key = "GET /api/online HTTP/1.1\r\n\r\n";
         assert_eq!(status(decide_with_key(no_key, false, Some("k3y"))), 401);
         let wrong_method = "GET /api/publish HTTP/1.1\r\nAuthorization: Bearer k3y\r\n\r\n";
-        assert_eq!(status(decide_with_key(wrong_method, false, Some("k3y"))), 405);
+        assert_eq!(
+            status(decide_with_key(wrong_method, false, Some("k3y"))),
+            405
+        );
         let publish = "POST /api/publish HTTP/1.1\r\nAuthorization: Bearer k3y\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n";
-        assert!(matches!(decide_with_key(publish, false, Some("k3y")), Route::ApiPublish));
+        assert!(matches!(
+            decide_with_key(publish, false, Some("k3y")),
+            Route::ApiPublish
+        ));
         let form = "POST /api/publish HTTP/1.1\r\nAuthorization: Bearer k3y\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\n";
         assert_eq!(status(decide_with_key(form, false, Some("k3y"))), 415);
     }
@@ -173,14 +220,29 @@ mod tests {
     fn every_documented_path_gets_its_status() {
         assert_eq!(status(decide(UPGRADE, false)), 101);
         assert_eq!(status(decide(UPGRADE, true)), 503);
-        assert_eq!(status(decide("GET /ws HTTP/1.1\r\nHost: x\r\n\r\n", false)), 426);
+        assert_eq!(
+            status(decide("GET /ws HTTP/1.1\r\nHost: x\r\n\r\n", false)),
+            426
+        );
         assert_eq!(status(decide("GET / HTTP/1.1\r\n\r\n", false)), 200);
-        assert_eq!(status(decide("HEAD /assets/app.js HTTP/1.1\r\n\r\n", false)), 200);
+        assert_eq!(
+            status(decide("HEAD /assets/app.js HTTP/1.1\r\n\r\n", false)),
+            200
+        );
         assert_eq!(status(decide("GET /healthz HTTP/1.1\r\n\r\n", false)), 200);
-        assert!(matches!(decide("GET /metrics HTTP/1.1\r\n\r\n", false), Route::Metrics));
+        assert!(matches!(
+            decide("GET /metrics HTTP/1.1\r\n\r\n", false),
+            Route::Metrics
+        ));
         assert_eq!(status(decide("GET /nope HTTP/1.1\r\n\r\n", false)), 404);
-        assert_eq!(status(decide("GET /assets/../Cargo.toml HTTP/1.1\r\n\r\n", false)), 404);
-        assert_eq!(status(decide("DELETE /healthz HTTP/1.1\r\n\r\n", false)), 405);
+        assert_eq!(
+            status(decide("GET /assets/../Cargo.toml HTTP/1.1\r\n\r\n", false)),
+            404
+        );
+        assert_eq!(
+            status(decide("DELETE /healthz HTTP/1.1\r\n\r\n", false)),
+            405
+        );
     }
 
     #[test]
@@ -188,7 +250,14 @@ mod tests {
         let Route::Respond(response) = decide("GET / HTTP/1.1\r\n\r\n", false) else {
             panic!("expected a response");
         };
-        assert!(response.headers.contains(&("Content-Type", "text/html; charset=utf-8".into())));
-        assert_eq!(response.body, Assets::embedded().get("index.html").unwrap().body);
+        assert!(
+            response
+                .headers
+                .contains(&("Content-Type", "text/html; charset=utf-8".into()))
+        );
+        assert_eq!(
+            response.body,
+            Assets::embedded().get("index.html").unwrap().body
+        );
     }
 }

@@ -49,46 +49,86 @@ pub fn check(request: &Request, policy: &Policy) -> Result<Upgrade, Response> {
     if request.method != "GET" {
         return Err(Response::text(405, "WebSocket upgrades use GET\n").with_header("Allow", "GET"));
     }
-    if !request.header_has_token("upgrade", "websocket") || !request.header_has_token("connection", "upgrade") {
-        return Err(Response::text(426, "this path speaks WebSocket: send Upgrade: websocket\n")
-            .with_header("Sec-WebSocket-Version", WEBSOCKET_VERSION)
-            .with_header("Upgrade", "websocket"));
+    if !request.header_has_token("upgrade", "websocket")
+        || !request.header_has_token("connection", "upgrade")
+    {
+        return Err(
+            Response::text(426, "this path speaks WebSocket: send Upgrade: websocket\n")
+                .with_header("Sec-WebSocket-Version", WEBSOCKET_VERSION)
+                .with_header("Upgrade", "websocket"),
+        );
     }
     if request.minor_version < 1 {
         return Err(Response::fatal(400, "WebSocket needs HTTP/1.1\n"));
     }
-    if request.header_count("sec-websocket-version") != 1 || request.header("sec-websocket-version") != Some(WEBSOCKET_VERSION) {
-        return Err(Response::fatal(400, "unsupported Sec-WebSocket-Version: use 13\n")
-            .with_header("Sec-WebSocket-Version", WEBSOCKET_VERSION));
+    if request.header_count("sec-websocket-version") != 1
+        || request.header("sec-websocket-version") != Some(WEBSOCKET_VERSION)
+    {
+        return Err(
+            Response::fatal(400, "unsupported Sec-WebSocket-Version: use 13\n")
+                .with_header("Sec-WebSocket-Version", WEBSOCKET_VERSION),
+        );
     }
     let key = match request.header("sec-websocket-key") {
         Some(key) if request.header_count("sec-websocket-key") == 1 && is_valid_key(key) => key,
-        _ => return Err(Response::fatal(400, "missing or invalid Sec-WebSocket-Key\n")),
+        _ => {
+            return Err(Response::fatal(
+                400,
+                "missing or invalid Sec-WebSocket-Key\n",
+            ));
+        }
     };
     if request.header("host").is_none_or(str::is_empty) {
         return Err(Response::fatal(400, "missing Host header\n"));
     }
-    if !origin_allowed(request.header("origin"), request.header("host"), policy.allow_origins) {
+    if !origin_allowed(
+        request.header("origin"),
+        request.header("host"),
+        policy.allow_origins,
+    ) {
         return Err(Response::fatal(403, "origin not allowed\n"));
     }
     let protocols = offered_protocols(request);
-    let mut subprotocol = protocols.as_deref().and_then(auth::select_subprotocol).map(|_| auth::SUBPROTOCOL);
+    let mut subprotocol = protocols
+        .as_deref()
+        .and_then(auth::select_subprotocol)
+        .map(|_| auth::SUBPROTOCOL);
     let claim = match policy.verifier {
         Some(verifier) => {
-            let found = auth::find_token(request.query.as_deref(), request.header("authorization"), protocols.as_deref())
-                .ok_or_else(|| unauthorized(auth::AuthError::NoToken))?;
+            let found = auth::find_token(
+                request.query.as_deref(),
+                request.header("authorization"),
+                protocols.as_deref(),
+            )
+            .ok_or_else(|| unauthorized(auth::AuthError::NoToken))?;
             if let TokenCarrier::Subprotocol { echo } = found.carrier {
                 subprotocol = echo.map(|_| auth::SUBPROTOCOL);
             }
-            Claim::Token(verifier.verify_at(&found.token, policy.now).map_err(unauthorized)?)
+            Claim::Token(
+                verifier
+                    .verify_at(&found.token, policy.now)
+                    .map_err(unauthorized)?,
+            )
         }
-        None => match request.query_param("user").or_else(|| request.query_param("id")) {
+        None => match request
+            .query_param("user")
+            .or_else(|| request.query_param("id"))
+        {
             Some(user) if valid_user(&user) => Claim::Named(user.into_owned()),
-            Some(_) => return Err(Response::fatal(400, "user must be 1 to 64 printable characters\n")),
+            Some(_) => {
+                return Err(Response::fatal(
+                    400,
+                    "user must be 1 to 64 printable characters\n",
+                ));
+            }
             None => Claim::Anonymous,
         },
     };
-    Ok(Upgrade { accept: tungstenite::handshake::derive_accept_key(key.as_bytes()), subprotocol, claim })
+    Ok(Upgrade {
+        accept: tungstenite::handshake::derive_accept_key(key.as_bytes()),
+        subprotocol,
+        claim,
+    })
 }
 
 /// Every `Sec-WebSocket-Protocol` header joined into one list.
@@ -124,7 +164,9 @@ pub fn switching_protocols(upgrade: &Upgrade) -> Response {
         close: false,
     };
     if let Some(protocol) = upgrade.subprotocol {
-        response.headers.push(("Sec-WebSocket-Protocol", protocol.into()));
+        response
+            .headers
+            .push(("Sec-WebSocket-Protocol", protocol.into()));
     }
     response
 }
@@ -134,7 +176,9 @@ fn is_valid_key(key: &str) -> bool {
     let bytes = key.as_bytes();
     bytes.len() == 24
         && key.ends_with("==")
-        && bytes[..22].iter().all(|&b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+        && bytes[..22]
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
 }
 
 /// SPEC §4: no Origin (a non-browser client) passes; a browser Origin must match the Host header
@@ -144,7 +188,10 @@ pub fn origin_allowed(origin: Option<&str>, host: Option<&str>, allow_origins: &
         return true;
     };
     let origin = origin.trim_end_matches('/');
-    if allow_origins.iter().any(|allowed| allowed == "*" || allowed.trim_end_matches('/').eq_ignore_ascii_case(origin)) {
+    if allow_origins
+        .iter()
+        .any(|allowed| allowed == "*" || allowed.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    {
         return true;
     }
     let Some((scheme, authority)) = origin.split_once("://") else {
@@ -155,7 +202,12 @@ pub fn origin_allowed(origin: Option<&str>, host: Option<&str>, allow_origins: &
         "https" => ":443",
         _ => return false,
     };
-    let strip = |authority: &str| authority.strip_suffix(default_port).unwrap_or(authority).to_ascii_lowercase();
+    let strip = |authority: &str| {
+        authority
+            .strip_suffix(default_port)
+            .unwrap_or(authority)
+            .to_ascii_lowercase()
+    };
     host.is_some_and(|host| strip(authority) == strip(host))
 }
 
@@ -165,7 +217,14 @@ mod tests {
     use crate::http::request::parse;
 
     fn check(request: &Request, allow_origins: &[String]) -> Result<Upgrade, Response> {
-        super::check(request, &Policy { allow_origins, verifier: None, now: SystemTime::now() })
+        super::check(
+            request,
+            &Policy {
+                allow_origins,
+                verifier: None,
+                now: SystemTime::now(),
+            },
+        )
     }
 
     fn request(extra: &str) -> Request {
@@ -185,7 +244,11 @@ mod tests {
         assert_eq!(upgrade.subprotocol, None);
         let mut out = Vec::new();
         switching_protocols(&upgrade).encode(true, &mut out);
-        assert!(String::from_utf8(out).unwrap().contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n")
+        );
     }
 
     #[test]
@@ -193,16 +256,29 @@ mod tests {
         let plain = parse(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n").unwrap().0;
         let response = check(&plain, &[]).unwrap_err();
         assert_eq!(response.status, 426);
-        assert!(response.headers.contains(&("Sec-WebSocket-Version", "13".into())));
+        assert!(
+            response
+                .headers
+                .contains(&("Sec-WebSocket-Version", "13".into()))
+        );
     }
 
     #[test]
     fn bad_version_or_key_get_400() {
-        let wrong_version = check(&request(&format!("{KEY}Sec-WebSocket-Version: 8\r\n")), &[]).unwrap_err();
+        let wrong_version =
+            check(&request(&format!("{KEY}Sec-WebSocket-Version: 8\r\n")), &[]).unwrap_err();
         assert_eq!(wrong_version.status, 400);
-        assert!(wrong_version.headers.contains(&("Sec-WebSocket-Version", "13".into())));
+        assert!(
+            wrong_version
+                .headers
+                .contains(&("Sec-WebSocket-Version", "13".into()))
+        );
         assert_eq!(check(&request(VERSION), &[]).unwrap_err().status, 400);
-        let short_key = check(&request(&format!("Sec-WebSocket-Key: abc\r\n{VERSION}")), &[]).unwrap_err();
+        let short_key = check(
+            &request(&format!("Sec-WebSocket-Key: abc\r\n{VERSION}")),
+            &[],
+        )
+        .unwrap_err();
         assert_eq!(short_key.status, 400);
     }
 
@@ -216,7 +292,9 @@ mod tests {
 
     #[test]
     fn offered_wshub_subprotocol_is_echoed() {
-        let offered = request(&format!("{KEY}{VERSION}Sec-WebSocket-Protocol: wshub, bearer.abc\r\n"));
+        let offered = request(&format!(
+            "{KEY}{VERSION}Sec-WebSocket-Protocol: wshub, bearer.abc\r\n"
+        ));
         assert_eq!(check(&offered, &[]).unwrap().subprotocol, Some("wshub"));
         let other = request(&format!("{KEY}{VERSION}Sec-WebSocket-Protocol: chat\r\n"));
         assert_eq!(check(&other, &[]).unwrap().subprotocol, None);
@@ -225,24 +303,45 @@ mod tests {
     #[test]
     fn identity_comes_from_user_or_id_without_auth() {
         let named = parse(upgrade_head("/ws?user=alice").as_bytes()).unwrap().0;
-        assert_eq!(check(&named, &[]).unwrap().claim, Claim::Named("alice".into()));
+        assert_eq!(
+            check(&named, &[]).unwrap().claim,
+            Claim::Named("alice".into())
+        );
         let id = parse(upgrade_head("/ws?id=bob").as_bytes()).unwrap().0;
         assert_eq!(check(&id, &[]).unwrap().claim, Claim::Named("bob".into()));
         let anonymous = parse(upgrade_head("/ws").as_bytes()).unwrap().0;
         assert_eq!(check(&anonymous, &[]).unwrap().claim, Claim::Anonymous);
         let control = parse(upgrade_head("/ws?user=a%0Ab").as_bytes()).unwrap().0;
         assert_eq!(check(&control, &[]).unwrap_err().status, 400);
-        let long = parse(upgrade_head(&format!("/ws?user={}", "x".repeat(65))).as_bytes()).unwrap().0;
+        let long = parse(upgrade_head(&format!("/ws?user={}", "x".repeat(65))).as_bytes())
+            .unwrap()
+            .0;
         assert_eq!(check(&long, &[]).unwrap_err().status, 400);
     }
 
     #[test]
     fn with_auth_a_token_is_required_and_never_echoed() {
         let verifier = JwtVerifier::new(b"secret", std::time::Duration::ZERO);
-        let policy = Policy { allow_origins: &[], verifier: Some(&verifier), now: SystemTime::now() };
-        let missing = super::check(&parse(upgrade_head("/ws?user=mallory").as_bytes()).unwrap().0, &policy).unwrap_err();
+        let policy = Policy {
+            allow_origins: &[],
+            verifier: Some(&verifier),
+            now: SystemTime::now(),
+        };
+        let missing = super::check(
+            &parse(upgrade_head("/ws?user=mallory").as_bytes())
+                .unwrap()
+                .0,
+            &policy,
+        )
+        .unwrap_err();
         assert_eq!((missing.status, &*missing.body), (401, &b"no token"[..]));
-        let bad = super::check(&parse(upgrade_head("/ws?token=abc.def.ghi").as_bytes()).unwrap().0, &policy).unwrap_err();
+        let bad = super::check(
+            &parse(upgrade_head("/ws?token=abc.def.ghi").as_bytes())
+                .unwrap()
+                .0,
+            &policy,
+        )
+        .unwrap_err();
         assert_eq!(bad.status, 401);
         assert!(!String::from_utf8_lossy(&bad.body).contains("abc.def"));
     }
@@ -264,13 +363,33 @@ mod tests {
     fn origin_rule_follows_the_spec() {
         let none: &[String] = &[];
         assert!(origin_allowed(None, Some("a.example"), none));
-        assert!(origin_allowed(Some("https://a.example"), Some("a.example"), none));
-        assert!(origin_allowed(Some("http://a.example:80"), Some("A.example"), none));
-        assert!(origin_allowed(Some("http://127.0.0.1:8080"), Some("127.0.0.1:8080"), none));
-        assert!(!origin_allowed(Some("http://127.0.0.1:9999"), Some("127.0.0.1:8080"), none));
+        assert!(origin_allowed(
+            Some("https://a.example"),
+            Some("a.example"),
+            none
+        ));
+        assert!(origin_allowed(
+            Some("http://a.example:80"),
+            Some("A.example"),
+            none
+        ));
+        assert!(origin_allowed(
+            Some("http://127.0.0.1:8080"),
+            Some("127.0.0.1:8080"),
+            none
+        ));
+        assert!(!origin_allowed(
+            Some("http://127.0.0.1:9999"),
+            Some("127.0.0.1:8080"),
+            none
+        ));
         assert!(!origin_allowed(Some("null"), Some("a.example"), none));
         assert!(!origin_allowed(Some("https://a.example"), None, none));
         assert!(origin_allowed(Some("null"), None, &["*".into()]));
-        assert!(origin_allowed(Some("https://b.example"), Some("a.example"), &["https://b.example/".into()]));
+        assert!(origin_allowed(
+            Some("https://b.example"),
+            Some("a.example"),
+            &["https://b.example/".into()]
+        ));
     }
 }
