@@ -143,6 +143,9 @@ pub struct Connection {
     pub peer_closed: bool,
     /// The loop will remove the connection at the end of this turn.
     pub doomed: bool,
+    /// Reading stopped because the client sends requests faster than it reads the answers;
+    /// resumed once the output drains.
+    pub read_paused: bool,
     /// Flagged during a fan-out for exceeding `--max-buffered`; the loop closes it afterwards.
     pub slow: bool,
 }
@@ -163,6 +166,7 @@ impl Connection {
             dirty: false,
             peer_closed: false,
             doomed: false,
+            read_paused: false,
             slow: false,
         }
     }

@@ -294,6 +294,7 @@ impl Server {
     /// removals.
     fn end_turn(&mut self) {
         for key in std::mem::take(&mut self.backlog) {
+            self.serve_requests(key);
             self.on_readable(key);
         }
         if self
@@ -375,7 +376,7 @@ impl Server {
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut budget = MAX_READ_PER_TURN;
         while let Some(conn) = self.out.conns.get_mut(key) {
-            if conn.doomed || conn.peer_closed {
+            if conn.doomed || conn.peer_closed || conn.read_paused {
                 break;
             }
             match conn.read(&mut scratch, self.now) {
@@ -422,6 +423,11 @@ impl Server {
         let Some(feed) = conn.feed(bytes, &self.ws_config, &mut self.inbox, self.now) else {
             return;
         };
+        if conn.output.len() > self.out.max_buffered && !conn.slow {
+            // Pongs for a ping flood the client never reads count like any other output.
+            conn.slow = true;
+            self.out.slow.push(key);
+        }
         let mut inbox = std::mem::take(&mut self.inbox);
         for message in inbox.drain(..) {
             self.on_message(key, message);
@@ -538,10 +544,18 @@ impl Server {
             max_body: self.config.max_message_size,
         };
         loop {
-            let conn = &mut self.out.conns[key];
+            let Some(conn) = self.out.conns.get_mut(key) else {
+                return;
+            };
             let Phase::Http(reader) = &mut conn.phase else {
                 return;
             };
+            if conn.output.len() > self.out.max_buffered {
+                // A client pipelining requests without reading the answers: stop answering and
+                // reading until its output drains (flush resumes it), so memory stays bounded.
+                conn.read_paused = true;
+                return;
+            }
             let (request, body) = match reader.next(limits) {
                 Ok(Some(request)) => request,
                 Ok(None) => return,
@@ -855,6 +869,10 @@ impl Server {
                 Ok(Flushed::Drained) => {
                     if let Err(e) = conn.want_writable(self.poll.registry(), Token(key), false) {
                         debug!("{}: reregister failed: {e}", conn.client);
+                    }
+                    if conn.read_paused {
+                        conn.read_paused = false;
+                        self.backlog.push(key);
                     }
                     if matches!(conn.phase, Phase::Closing) {
                         conn.shutdown_write();

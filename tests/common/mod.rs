@@ -55,7 +55,11 @@ impl Daemon {
             let mut lines = BufReader::new(stderr).lines();
             for line in lines.by_ref().map_while(Result::ok) {
                 if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or_default().to_owned();
+                    let addr = rest
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
                     let _ = tx.send(addr);
                     break;
                 }
@@ -63,8 +67,13 @@ impl Daemon {
             // Keep draining so the daemon never blocks on a full pipe.
             for _ in lines {}
         });
-        let addr = rx.recv_timeout(TIMEOUT).expect("daemon printed its address");
-        Daemon { child, addr: addr.parse().expect("socket address") }
+        let addr = rx
+            .recv_timeout(TIMEOUT)
+            .expect("daemon printed its address");
+        Daemon {
+            child,
+            addr: addr.parse().expect("socket address"),
+        }
     }
 
     /// Sends `signal` (e.g. `libc::SIGTERM`) to the daemon.
@@ -97,9 +106,12 @@ impl Drop for Daemon {
 /// Opens a WebSocket to `path` (with query) on `addr`.
 pub fn connect(addr: SocketAddr, path: &str) -> Client {
     let stream = TcpStream::connect(addr).expect("tcp connect");
-    stream.set_read_timeout(Some(TIMEOUT)).expect("read timeout");
+    stream
+        .set_read_timeout(Some(TIMEOUT))
+        .expect("read timeout");
     let url = format!("ws://{addr}{path}");
-    let (client, response) = tungstenite::client::client(url.as_str(), stream).expect("websocket handshake");
+    let (client, response) =
+        tungstenite::client::client(url.as_str(), stream).expect("websocket handshake");
     assert_eq!(response.status(), 101);
     client
 }
@@ -129,14 +141,18 @@ pub fn next_json(client: &mut Client) -> serde_json::Value {
 
 /// Sends a text message.
 pub fn send_text(client: &mut Client, text: &str) {
-    client.send(Message::Text(Utf8Bytes::from(text))).expect("send text");
+    client
+        .send(Message::Text(Utf8Bytes::from(text)))
+        .expect("send text");
 }
 
 /// Sends `request` on a fresh TCP connection and returns everything the server sends back
 /// until it closes the connection (or the timeout).
 pub fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
     let mut stream = TcpStream::connect(addr).expect("tcp connect");
-    stream.set_read_timeout(Some(TIMEOUT)).expect("read timeout");
+    stream
+        .set_read_timeout(Some(TIMEOUT))
+        .expect("read timeout");
     stream.write_all(request).expect("send request");
     read_until_close(&mut stream)
 }
@@ -162,7 +178,11 @@ pub fn http_request(stream: &mut TcpStream, request: &str) -> (u16, String, Stri
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         let n = stream.read(&mut byte).expect("read response head");
-        assert!(n > 0, "connection closed before the response head ended: {:?}", String::from_utf8_lossy(&head));
+        assert!(
+            n > 0,
+            "connection closed before the response head ended: {:?}",
+            String::from_utf8_lossy(&head)
+        );
         head.push(byte[0]);
     }
     let head = String::from_utf8(head).expect("ASCII head");
@@ -179,8 +199,13 @@ pub fn http_request(stream: &mut TcpStream, request: &str) -> (u16, String, Stri
 /// `GET path` on a fresh connection: status, head and body.
 pub fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
     let mut stream = TcpStream::connect(addr).expect("tcp connect");
-    stream.set_read_timeout(Some(TIMEOUT)).expect("read timeout");
-    http_request(&mut stream, &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n"))
+    stream
+        .set_read_timeout(Some(TIMEOUT))
+        .expect("read timeout");
+    http_request(
+        &mut stream,
+        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n"),
+    )
 }
 
 /// A valid upgrade request head for `path` on `addr`, with `extra` header lines.
@@ -223,7 +248,10 @@ pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
 pub fn metric(addr: SocketAddr, name: &str) -> u64 {
     let (_, _, body) = get(addr, "/metrics");
     body.lines()
-        .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .find_map(|line| {
+            line.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
         .unwrap_or_else(|| panic!("no series {name} in\n{body}"))
         .parse()
         .expect("numeric metric")
@@ -236,7 +264,11 @@ pub fn read_head(stream: &mut TcpStream) -> String {
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         let n = stream.read(&mut byte).expect("read response head");
-        assert!(n > 0, "connection closed inside the response head: {:?}", String::from_utf8_lossy(&head));
+        assert!(
+            n > 0,
+            "connection closed inside the response head: {:?}",
+            String::from_utf8_lossy(&head)
+        );
         head.push(byte[0]);
     }
     String::from_utf8(head).expect("ASCII head")
@@ -245,11 +277,15 @@ pub fn read_head(stream: &mut TcpStream) -> String {
 /// Opens a WebSocket on a plain socket (the RFC sample key), checks the `101`, and returns the
 /// stream positioned at the first server frame, for tests that speak frames byte by byte.
 pub fn raw_websocket(addr: SocketAddr, path: &str) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).expect("tcp connect");
-    stream.set_read_timeout(Some(TIMEOUT)).expect("read timeout");
-    stream.write_all(upgrade_request(addr, path, "").as_bytes()).expect("send upgrade");
+    let mut stream = tcp_connect(addr);
+    stream
+        .write_all(upgrade_request(addr, path, "").as_bytes())
+        .expect("send upgrade");
     let head = read_head(&mut stream);
-    assert!(head.starts_with("HTTP/1.1 101 Switching Protocols\r\n"), "expected 101, got {head:?}");
+    assert!(
+        head.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+        "expected 101, got {head:?}"
+    );
     stream
 }
 
@@ -285,11 +321,17 @@ pub fn read_close_code(stream: &mut TcpStream) -> u16 {
         match first {
             0x89 => continue,
             0x88 => {
-                assert!(payload.len() >= 2, "close frame without a code: {payload:?}");
+                assert!(
+                    payload.len() >= 2,
+                    "close frame without a code: {payload:?}"
+                );
                 assert_closed(stream);
                 return u16::from_be_bytes([payload[0], payload[1]]);
             }
-            other => panic!("expected a close frame, got first byte {other:#04x} with {} bytes", payload.len()),
+            other => panic!(
+                "expected a close frame, got first byte {other:#04x} with {} bytes",
+                payload.len()
+            ),
         }
     }
 }
@@ -325,7 +367,11 @@ pub fn close_code(client: &mut Client) -> u16 {
 /// of `candidates` that runs (`--version` or `-v` answers). When it is missing the test cannot
 /// run: on CI (`CI=true`) that is a failure that says how to install it; elsewhere the caller
 /// prints why it skips and returns.
-pub fn external_program(env_var: &str, candidates: &[&str], install_hint: &str) -> Option<std::path::PathBuf> {
+pub fn external_program(
+    env_var: &str,
+    candidates: &[&str],
+    install_hint: &str,
+) -> Option<std::path::PathBuf> {
     let chosen: Vec<String> = match std::env::var(env_var) {
         Ok(value) if !value.is_empty() => vec![value],
         _ => candidates.iter().map(|c| (*c).to_owned()).collect(),
@@ -343,7 +389,13 @@ pub fn external_program(env_var: &str, candidates: &[&str], install_hint: &str) 
     match found {
         Some(program) => Some(std::path::PathBuf::from(program)),
         None => {
-            missing_dependency(&format!("{} (tried {chosen:?}; set {env_var})", candidates.join(" or ")), install_hint);
+            missing_dependency(
+                &format!(
+                    "{} (tried {chosen:?}; set {env_var})",
+                    candidates.join(" or ")
+                ),
+                install_hint,
+            );
             None
         }
     }
@@ -412,5 +464,164 @@ pub fn run_program(mut command: Command, within: Duration) -> ProgramOutput {
 /// A TCP port on 127.0.0.1 that was free a moment ago (for programs that cannot bind port 0
 /// and report it back, such as nginx).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port").local_addr().expect("local address").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a free port")
+        .local_addr()
+        .expect("local address")
+        .port()
+}
+
+/// A server frame carrying `payload`, encoded as the server must: final, unmasked, shortest
+/// length form. `first` is the first byte (FIN and opcode).
+pub fn server_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![first];
+    match payload.len() {
+        len @ 0..=125 => out.push(len as u8),
+        len @ 126..=65535 => {
+            out.push(126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            out.push(127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(payload);
+    out
+}
+
+// ---- events protocol and auth (tests/events.rs, tests/auth_api.rs) ----
+
+/// Opens a WebSocket with a hand-written upgrade request for `path` carrying the `extra` header
+/// lines (tokens, subprotocols, Origin); asserts the `101` and returns its head and the client.
+pub fn connect_with_headers(addr: SocketAddr, path: &str, extra: &str) -> (String, Client) {
+    let mut stream = TcpStream::connect(addr).expect("tcp connect");
+    stream
+        .set_read_timeout(Some(TIMEOUT))
+        .expect("read timeout");
+    stream
+        .write_all(upgrade_request(addr, path, extra).as_bytes())
+        .expect("send upgrade");
+    let head = read_head(&mut stream);
+    assert!(
+        head.starts_with("HTTP/1.1 101 "),
+        "expected 101, got {head:?}"
+    );
+    let client = WebSocket::from_raw_socket(stream, tungstenite::protocol::Role::Client, None);
+    (head, client)
+}
+
+/// Sends `request` and returns the next JSON message (the reply, when nothing else is pending).
+pub fn request_json(client: &mut Client, request: &str) -> serde_json::Value {
+    send_text(client, request);
+    next_json(client)
+}
+
+/// Asserts nothing is queued for `client`: a ping sent now must be answered by the very next
+/// message. The loop handles one client's frames in order, so whatever an earlier action
+/// queued for this client would arrive before the reply.
+pub fn assert_nothing_pending(client: &mut Client) {
+    let reply = request_json(client, r#"{"event":"ping","id":"nothing-pending"}"#);
+    assert_eq!(
+        reply["event"], "ping",
+        "expected nothing before the ping reply, got {reply}"
+    );
+    assert_eq!(reply["id"], "nothing-pending", "{reply}");
+}
+
+/// Closes `client` with the close handshake and waits for the server's Close, so the server has
+/// processed the close (and left the hub) when this returns.
+pub fn close_handshake(client: &mut Client) {
+    client.close(None).expect("send close");
+    loop {
+        match client.read() {
+            Ok(Message::Close(_)) | Err(tungstenite::Error::ConnectionClosed) => return,
+            Ok(_) => continue,
+            Err(e) => panic!("expected the server's close, got {e}"),
+        }
+    }
+}
+
+/// The real `wshub` binary with its stderr kept line by line, for tests that assert on logs.
+/// No `--log-level` is added: pass one in `args`.
+pub struct LoggedDaemon {
+    pub daemon: Daemon,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl LoggedDaemon {
+    pub fn spawn(args: &[&str]) -> LoggedDaemon {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wshub"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn wshub");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let lines = std::sync::Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let _ = tx.send(
+                        rest.split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned(),
+                    );
+                }
+                lines.lock().expect("log lock").push(line);
+            }
+        });
+        let addr = rx
+            .recv_timeout(TIMEOUT)
+            .expect("daemon printed its address");
+        let daemon = Daemon {
+            child,
+            addr: addr.parse().expect("socket address"),
+        };
+        LoggedDaemon { daemon, log }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.daemon.addr
+    }
+
+    /// Everything logged so far, one line each.
+    pub fn log(&self) -> String {
+        self.log.lock().expect("log lock").join("\n")
+    }
+
+    /// Waits until a logged line contains `needle` and returns that line.
+    pub fn wait_for_line(&self, needle: &str) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(line) = self
+                .log
+                .lock()
+                .expect("log lock")
+                .iter()
+                .find(|line| line.contains(needle))
+            {
+                return line.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line contains {needle:?}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// A plain TCP connection to `addr` with the tests' read timeout.
+pub fn tcp_connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).expect("tcp connect");
+    stream
+        .set_read_timeout(Some(TIMEOUT))
+        .expect("read timeout");
+    stream
 }
