@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs what the interoperability tests need on a fresh Debian machine (run as root, from
+# Installs what the tests beyond cargo's own need on a fresh Debian machine (run as root, from
 # anywhere): nginx for tests/nginx.rs, a Python venv with `websockets` and the Node `ws` package
-# for tests/clients.rs. Idempotent; cargo's own dev-dependencies (proptest) need nothing here.
+# for tests/clients.rs, Chromium and playwright-core for tests/e2e. Idempotent; cargo's own
+# dev-dependencies (proptest) need nothing here.
 #
 #   sudo bash scripts/test-deps.sh        # then: cargo test
 #
@@ -13,7 +14,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 export DEBIAN_FRONTEND=noninteractive
-packages=(nginx)
+packages=(nginx chromium)
 command -v node >/dev/null || packages+=(nodejs)
 command -v npm >/dev/null || packages+=(npm)
 command -v python3 >/dev/null || packages+=(python3)
@@ -36,5 +37,8 @@ fi
 "$venv/bin/python" -m pip install --quiet -r "$root/tests/clients/requirements.txt"
 
 (cd "$root/tests/clients" && npm ci --no-audit --no-fund)
+if [ -f "$root/tests/e2e/package-lock.json" ]; then
+    (cd "$root/tests/e2e" && npm ci --no-audit --no-fund)
+fi
 
 echo "test dependencies ready: $(/usr/sbin/nginx -v 2>&1), python websockets $("$venv/bin/python" -c 'import websockets; print(websockets.__version__)'), node ws $(cd "$root/tests/clients" && node -p 'require("ws/package.json").version')"
