@@ -44,6 +44,11 @@ const HANGUP_SIGNAL: Token = Token(usize::MAX - 2);
 /// (Redis uses the same 64 KiB).
 const MAX_WRITE_PER_TURN: usize = 64 * 1024;
 
+/// Writes between two non-blocking polls during a write pass: a pass over thousands of
+/// connections takes milliseconds, and messages that arrive meanwhile should ride in the
+/// writes still to come (a poll costs about as much as one write).
+const MID_PASS_POLL_INTERVAL: usize = 32;
+
 /// Most bytes read from one connection per turn before the others get their turn.
 const MAX_READ_PER_TURN: usize = 256 * 1024;
 
@@ -54,6 +59,9 @@ const SCRATCH_SIZE: usize = 64 * 1024;
 /// it is kept small: bytes are read into the shared scratch buffer and tungstenite copies from
 /// there; a frame larger than this grows the buffer for that frame only.
 const WS_READ_BUFFER: usize = 256;
+
+/// Pending connections the kernel queues before `accept` (capped by `net.core.somaxconn`).
+const LISTEN_BACKLOG: i32 = 4096;
 
 /// Readiness events taken per poll.
 const EVENTS_CAPACITY: usize = 1024;
@@ -100,6 +108,8 @@ pub struct Server {
     backlog: Vec<usize>,
     /// Connections to remove at the end of the turn.
     doomed: Vec<usize>,
+    /// Connections written during the current write pass (reused between passes).
+    written: Vec<usize>,
     /// Timers fired this turn.
     fired: Vec<usize>,
     /// The time of this turn: taken once after poll returns.
@@ -163,10 +173,7 @@ impl Server {
     /// Binds the listener and loads the page; nothing runs until [`Server::run`].
     pub fn bind(config: Config) -> io::Result<Server> {
         let addr = resolve(&config.listen)?;
-        let std_listener = std::net::TcpListener::bind(addr)
-            .map_err(|e| io::Error::new(e.kind(), format!("could not bind {addr}: {e}")))?;
-        std_listener.set_nonblocking(true)?;
-        let mut listener = TcpListener::from_std(std_listener);
+        let mut listener = TcpListener::from_std(listen(addr)?);
         let local_addr = listener.local_addr()?;
         let assets = match &config.assets {
             Some(dir) => Assets::from_dir(dir).map_err(|e| {
@@ -219,6 +226,7 @@ impl Server {
             frame: Vec::new(),
             backlog: Vec::new(),
             doomed: Vec::new(),
+            written: Vec::new(),
             fired: Vec::new(),
             now,
             anon_counter: 0,
@@ -250,34 +258,8 @@ impl Server {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         loop {
             let timeout = self.poll_timeout();
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            self.now = Instant::now();
-            for event in events.iter() {
-                match event.token() {
-                    LISTENER => self.accept(),
-                    SHUTDOWN_SIGNAL => self.on_shutdown_signal(),
-                    HANGUP_SIGNAL => {
-                        if let Some(signals) = &mut self.signals {
-                            signals.drain();
-                        }
-                        info!("SIGHUP received: there is nothing to reload; still running");
-                    }
-                    Token(key) => {
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.on_readable(key);
-                        }
-                        if event.is_writable() {
-                            self.out.mark_dirty(key);
-                        }
-                    }
-                }
-            }
-            self.end_turn();
+            self.poll_and_dispatch(&mut events, timeout)?;
+            self.end_turn(&mut events);
             if let Some(deadline) = self.drain_deadline
                 && (self.out.conns.is_empty() || self.now >= deadline)
             {
@@ -290,9 +272,46 @@ impl Server {
         }
     }
 
+    /// Waits up to `timeout` for readiness and acts on every event.
+    fn poll_and_dispatch(
+        &mut self,
+        events: &mut Events,
+        timeout: Option<Duration>,
+    ) -> io::Result<()> {
+        if let Err(e) = self.poll.poll(events, timeout) {
+            return if e.kind() == io::ErrorKind::Interrupted {
+                Ok(())
+            } else {
+                Err(e)
+            };
+        }
+        self.now = Instant::now();
+        for event in events.iter() {
+            match event.token() {
+                LISTENER => self.accept(),
+                SHUTDOWN_SIGNAL => self.on_shutdown_signal(),
+                HANGUP_SIGNAL => {
+                    if let Some(signals) = &mut self.signals {
+                        signals.drain();
+                    }
+                    info!("SIGHUP received: there is nothing to reload; still running");
+                }
+                Token(key) => {
+                    if event.is_readable() || event.is_read_closed() || event.is_error() {
+                        self.on_readable(key);
+                    }
+                    if event.is_writable() {
+                        self.out.mark_dirty(key);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Everything after the readiness events: backlog reads, timers, slow consumers, writes,
     /// removals.
-    fn end_turn(&mut self) {
+    fn end_turn(&mut self, events: &mut Events) {
         for key in std::mem::take(&mut self.backlog) {
             self.serve_requests(key);
             self.on_readable(key);
@@ -306,7 +325,7 @@ impl Server {
         }
         self.expire_timers();
         self.close_slow_consumers();
-        self.flush();
+        self.flush(events);
         self.reap();
     }
 
@@ -848,24 +867,37 @@ impl Server {
         }
     }
 
-    /// Writes each connection with pending output once.
-    fn flush(&mut self) {
-        let mut dirty = std::mem::take(&mut self.out.dirty);
-        let mut sent = 0;
+    /// Writes each connection with pending output once, in the order they became dirty.
+    ///
+    /// Every [`MID_PASS_POLL_INTERVAL`] writes the loop polls (without waiting) and reads what
+    /// arrived meanwhile: a message read mid-pass is appended to every queue, so connections
+    /// later in this pass carry it in the write they were about to make instead of waiting a
+    /// whole pass. A connection already written this pass stays marked dirty until the pass
+    /// ends, so it is not written twice; what it received meanwhile goes out next pass.
+    fn flush(&mut self, events: &mut Events) {
+        let mut written = std::mem::take(&mut self.written);
         let mut blocked = Vec::new();
-        dirty.retain(|&key| {
+        let mut sent = 0;
+        let mut index = 0;
+        while let Some(&key) = self.out.dirty.get(index) {
+            index += 1;
+            if index % MID_PASS_POLL_INTERVAL == 0
+                && let Err(e) = self.poll_and_dispatch(events, Some(Duration::ZERO))
+            {
+                error!("poll failed during a write pass: {e}");
+            }
             let Some(conn) = self.out.conns.get_mut(key) else {
-                return false;
+                continue;
             };
             if conn.doomed {
                 conn.dirty = false;
-                return false;
+                continue;
             }
             let before = conn.output.len();
             let result = conn.flush(MAX_WRITE_PER_TURN, self.now);
             sent += before - conn.output.len();
-            let keep = match result {
-                Ok(Flushed::Partial) => return true,
+            match result {
+                Ok(Flushed::Partial) => written.push(key),
                 Ok(Flushed::Drained) => {
                     if let Err(e) = conn.want_writable(self.poll.registry(), Token(key), false) {
                         debug!("{}: reregister failed: {e}", conn.client);
@@ -877,33 +909,37 @@ impl Server {
                     if matches!(conn.phase, Phase::Closing) {
                         conn.shutdown_write();
                         if conn.peer_closed {
-                            self.doomed.push(key);
-                            conn.doomed = true;
+                            self.doom(key);
+                            continue;
                         }
                     }
-                    false
+                    written.push(key);
                 }
                 Ok(Flushed::Blocked) => {
+                    conn.dirty = false;
                     if let Err(e) = conn.want_writable(self.poll.registry(), Token(key), true) {
                         debug!("{}: reregister failed: {e}", conn.client);
                     }
                     blocked.push(key);
-                    false
                 }
                 Err(e) => {
                     debug!("{}: write failed: {e}", conn.client);
-                    self.doomed.push(key);
-                    conn.doomed = true;
-                    false
+                    conn.dirty = false;
+                    self.doom(key);
                 }
-            };
-            conn.dirty = keep;
-            keep
-        });
+            }
+        }
         self.metrics.bytes_sent += sent as u64;
-        // New dirty entries may have been added during the pass (none today); keep both.
-        dirty.append(&mut self.out.dirty);
-        self.out.dirty = dirty;
+        self.out.dirty.clear();
+        for key in written.drain(..) {
+            if let Some(conn) = self.out.conns.get_mut(key) {
+                conn.dirty = !conn.doomed && !conn.output.is_empty();
+                if conn.dirty {
+                    self.out.dirty.push(key);
+                }
+            }
+        }
+        self.written = written;
         for key in blocked {
             self.reschedule(key);
         }
@@ -968,6 +1004,22 @@ impl Server {
             users: self.hub.user_count(),
         })
     }
+}
+
+/// A listening socket with a backlog deep enough for connection bursts (std's 128 drops SYNs
+/// when a thousand clients connect at once, and each drop costs the client a 1 s retry).
+fn listen(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let context = |e: io::Error| io::Error::new(e.kind(), format!("could not bind {addr}: {e}"));
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into()).map_err(context)?;
+    socket.listen(LISTEN_BACKLOG).map_err(context)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 fn resolve(listen: &str) -> io::Result<SocketAddr> {

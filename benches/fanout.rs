@@ -1,0 +1,250 @@
+//! Fan-out benchmark: N WebSocket clients, P of them publishing, every message broadcast by the
+//! server to every client. Measures deliveries/s, delivery ratio, latency, server CPU time and
+//! memory per idle connection. See BENCHMARKS.md for the scenarios.
+//!
+//! # Layout
+//!
+//! - `config`: the command line.
+//! - `server`: starting wshub on a free port, pinned to its own core, and stopping it.
+//! - `load`: the client event loop and its phases: connect, publish, drain.
+//! - `conn`: one client connection; the only code that touches a client socket.
+//! - `handshake`, `frame`: the WebSocket upgrade and frames, client side, without I/O.
+//! - `message`: the stamped payload (send time and publisher in ASCII).
+//! - `tally`: deliveries, latency histogram, publishers' windows.
+//! - `os`: open-file limit, CPU affinity, another process's CPU time and RSS.
+//! - `report`: the numbers, as text or JSON.
+//!
+//! **Architecture invariant:** the harness is one thread on its own core, and the server runs on
+//! the other. Its CPU time is reported against wall time so that a reader can see it was not
+//! the bottleneck.
+
+// A bench target is a crate root in benches/, so its modules are found in benches/fanout/ by path.
+#[path = "fanout/config.rs"]
+mod config;
+#[path = "fanout/conn.rs"]
+mod conn;
+#[path = "fanout/frame.rs"]
+mod frame;
+#[path = "fanout/handshake.rs"]
+mod handshake;
+#[path = "fanout/load.rs"]
+mod load;
+#[path = "fanout/message.rs"]
+mod message;
+#[path = "fanout/os.rs"]
+mod os;
+#[path = "fanout/report.rs"]
+mod report;
+#[path = "fanout/server.rs"]
+mod server;
+#[path = "fanout/tally.rs"]
+mod tally;
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use config::{Config, Target, WsUrl};
+use load::Load;
+use os::ProcessProbe;
+use report::{Latency, Report};
+use server::ServerProcess;
+
+/// The started server's core; the harness takes the other one.
+const SERVER_CORE: usize = 0;
+const HARNESS_CORE: usize = 1;
+/// File descriptors needed besides the clients: std streams, epoll, /proc reads.
+const RESERVED_FDS: u64 = 32;
+/// Pause between the last upgrade and reading the server's memory, for any per-connection work
+/// the server does after the handshake.
+const SETTLE_TIME: Duration = Duration::from_millis(500);
+
+fn main() -> ExitCode {
+    let config = match Config::from_args(std::env::args().skip(1)) {
+        Ok(Some(config)) => config,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("fanout: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&config) {
+        Ok(report) if config.json => {
+            println!("{}", report.to_json());
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            report.print_text();
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("fanout: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: &Config) -> Result<Report, String> {
+    let fd_limit = os::raise_nofile_limit()
+        .map_err(|err| format!("could not raise the open-file limit: {err}"))?;
+    if config.clients as u64 + RESERVED_FDS > fd_limit {
+        return Err(format!(
+            "{} clients need {} open files; the hard limit is {fd_limit}",
+            config.clients,
+            config.clients as u64 + RESERVED_FDS
+        ));
+    }
+    let pin = std::thread::available_parallelism().is_ok_and(|cores| cores.get() > HARNESS_CORE);
+    if !pin {
+        eprintln!("fanout: one core only: harness and server share it");
+    }
+    let server = ServerUnderTest::new(config, pin)?;
+    if pin {
+        os::pin_to_core(HARNESS_CORE)
+            .map_err(|err| format!("could not pin the harness to core {HARNESS_CORE}: {err}"))?;
+    }
+    measure(config, &server)
+}
+
+/// The server being measured and how to observe it.
+struct ServerUnderTest {
+    /// Set when the harness started the server; dropping it stops the process.
+    _process: Option<ServerProcess>,
+    url: WsUrl,
+    /// Reads the server's CPU time and memory; needs its pid.
+    probe: Option<ProcessProbe>,
+    /// What the report calls the server.
+    description: String,
+}
+
+impl ServerUnderTest {
+    fn new(config: &Config, pin: bool) -> Result<Self, String> {
+        Ok(match &config.target {
+            Target::Spawn { bin, args } => {
+                let process =
+                    ServerProcess::spawn(bin, config.clients, args, pin.then_some(SERVER_CORE))?;
+                Self {
+                    url: WsUrl {
+                        address: process.address(),
+                        host: process.address().to_string(),
+                        path: server::WS_PATH.to_owned(),
+                    },
+                    probe: Some(ProcessProbe::new(process.pid())),
+                    description: format!("{} (pid {})", bin.display(), process.pid()),
+                    _process: Some(process),
+                }
+            }
+            Target::Url { url, server_pid } => Self {
+                _process: None,
+                url: url.clone(),
+                probe: server_pid.map(ProcessProbe::new),
+                description: format!("ws://{}{}", url.host, url.path),
+            },
+        })
+    }
+
+    fn rss_kib(&self) -> Result<Option<u64>, String> {
+        self.probe.as_ref().map(probe_rss).transpose()
+    }
+
+    fn cpu_seconds(&self) -> Result<Option<f64>, String> {
+        self.probe.as_ref().map(probe_cpu).transpose()
+    }
+
+    /// Whether the server is known to have died; without a pid nobody knows.
+    fn exited(&self) -> bool {
+        self.probe.as_ref().is_some_and(ProcessProbe::exited)
+    }
+}
+
+/// Runs the phases against `server`: connect, measure idle memory, publish, drain.
+fn measure(config: &Config, server: &ServerUnderTest) -> Result<Report, String> {
+    let io_error = |err: std::io::Error| format!("client event loop: {err}");
+    let mut load = Load::new(config, &server.url, Instant::now()).map_err(io_error)?;
+
+    let rss_before = server.rss_kib()?;
+    let connect_start = Instant::now();
+    load.connect_all(config.clients).map_err(io_error)?;
+    let connect_time = connect_start.elapsed();
+    let connected = load.counts().connected;
+    if connected == 0 {
+        let why = load
+            .counts()
+            .first_error
+            .as_deref()
+            .unwrap_or("no reason given");
+        return Err(format!(
+            "no client could connect to {}: {why}",
+            server.description
+        ));
+    }
+    load.idle(SETTLE_TIME).map_err(io_error)?;
+    let rss_per_idle_conn_kib = match (rss_before, server.rss_kib()?) {
+        (Some(before), Some(after)) => Some((after as f64 - before as f64) / connected as f64),
+        _ => None,
+    };
+
+    let server_cpu_before = server.cpu_seconds()?;
+    let harness_cpu_before = os::own_cpu_time();
+    let publish_start = Instant::now();
+    let publish_start_ns = load.now_ns();
+    let mut harness_cpu = Duration::ZERO;
+    let mut publish_time = Duration::ZERO;
+    if !config.duration.is_zero() {
+        load.publish(config.duration, config.rate, config.window)
+            .map_err(io_error)?;
+        publish_time = publish_start.elapsed();
+        harness_cpu = os::own_cpu_time() - harness_cpu_before;
+        load.drain().map_err(io_error)?;
+    }
+    let server_exited = server.exited();
+    let server_cpu_secs = match server_cpu_before {
+        Some(before) if !server_exited => server.cpu_seconds()?.map(|after| after - before),
+        _ => None,
+    };
+
+    let tally = load.tally();
+    let histogram = tally.latency_us();
+    let ms = |quantile: f64| histogram.value_at_quantile(quantile) as f64 / 1_000.0;
+    let latency = (tally.deliveries() > 0).then(|| Latency {
+        p50: ms(0.50),
+        p90: ms(0.90),
+        p99: ms(0.99),
+        max: histogram.max() as f64 / 1_000.0,
+    });
+    Ok(Report {
+        server: server.description.clone(),
+        clients: config.clients,
+        publishers: config.publishers,
+        rate: config.rate,
+        window: config.window,
+        size: config.size,
+        duration: config.duration,
+        connect_time,
+        rss_per_idle_conn_kib,
+        published: load.published(),
+        open_publishers: load.open_publishers(),
+        deliveries: tally.deliveries(),
+        malformed: tally.malformed(),
+        delivery_time: Duration::from_nanos(
+            tally.last_delivery_ns().saturating_sub(publish_start_ns),
+        ),
+        latency,
+        server_cpu_secs,
+        server_exited,
+        harness_cpu,
+        publish_time,
+        counts: load.into_counts(),
+    })
+}
+
+fn probe_rss(probe: &ProcessProbe) -> Result<u64, String> {
+    probe
+        .rss_kib()
+        .map_err(|err| format!("could not read the memory of pid {}: {err}", probe.pid()))
+}
+
+fn probe_cpu(probe: &ProcessProbe) -> Result<f64, String> {
+    probe
+        .cpu_seconds()
+        .map_err(|err| format!("could not read the CPU time of pid {}: {err}", probe.pid()))
+}
