@@ -286,6 +286,9 @@ impl Connection {
 
     /// What is due at `now`: a ping, a timeout, or nothing until the returned instant.
     pub fn check(&mut self, now: Instant, timeouts: &Timeouts) -> Due {
+        // Checks come at most every ping interval: a good moment to give back the memory of a
+        // queue that is empty now.
+        self.output.release();
         let stall_deadline = (!self.output.is_empty()).then(|| self.last_progress + timeouts.write);
         if stall_deadline.is_some_and(|deadline| now >= deadline) {
             return Due::Expired(Expiry::WriteStall);

@@ -2,14 +2,16 @@
 //!
 //! wshub keeps its own queue instead of tungstenite's write buffer, which never shrinks and
 //! memmoves its whole content after every partial write. Here a partial write only moves `head`;
-//! the consumed front is dropped in bulk once it is at least half the buffer, and a drained queue
-//! gives its memory back so an idle connection costs (almost) nothing.
+//! the consumed front is dropped in bulk once it is at least half the buffer. A drained queue
+//! keeps a modest allocation while the connection is busy (so a steady stream of messages does
+//! not allocate per write) and gives it back when the loop's liveness check finds the
+//! connection idle, so an idle connection holds no output memory.
 
 use crate::frame;
 
-/// A drained queue keeps an allocation up to this size (a few small frames' worth), so a steady
-/// trickle of small messages does not allocate per message; anything bigger is freed.
-const RETAIN_CAPACITY: usize = 256;
+/// A drained queue keeps an allocation up to this size until [`OutputQueue::release`]; a bigger
+/// one (after a burst) is freed at once.
+const RETAIN_CAPACITY: usize = 16 * 1024;
 
 /// The consumed front is only dropped once it is this large, so compaction is amortised.
 const COMPACT_MIN: usize = 64 * 1024;
@@ -98,6 +100,13 @@ impl OutputQueue {
         }
     }
 
+    /// Frees the buffer of a drained queue (called when the connection has gone quiet).
+    pub fn release(&mut self) {
+        if self.is_empty() {
+            self.buf = Vec::new();
+        }
+    }
+
     fn clear(&mut self) {
         if self.buf.capacity() > RETAIN_CAPACITY {
             self.buf = Vec::new();
@@ -139,13 +148,15 @@ mod tests {
     #[test]
     fn drained_queue_releases_large_buffers() {
         let mut queue = OutputQueue::default();
-        queue.push(&frame(10_000, 1));
+        queue.push(&frame(2 * RETAIN_CAPACITY, 1));
         queue.consume(queue.len());
         assert_eq!(queue.buf.capacity(), 0);
 
         queue.push(&frame(10, 1));
         queue.consume(queue.len());
-        assert!(queue.buf.capacity() <= RETAIN_CAPACITY);
+        assert!(queue.buf.capacity() > 0 && queue.buf.capacity() <= RETAIN_CAPACITY);
+        queue.release();
+        assert_eq!(queue.buf.capacity(), 0);
     }
 
     #[test]
