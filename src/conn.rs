@@ -51,8 +51,9 @@ pub struct Session {
     ctx: Option<Box<WebSocketContext>>,
     /// Who this connection belongs to (SPEC §4); shared with the hub's indexes.
     pub user: Rc<str>,
-    /// Per-connection message budget when `--rate-limit` is set.
-    pub bucket: Option<TokenBucket>,
+    /// Per-connection message budget when `--rate-limit` is set; boxed so connections pay a
+    /// pointer when it is not.
+    pub bucket: Option<Box<TokenBucket>>,
     /// The JWT `rooms` claim: which rooms this connection may join (`None`: any). Boxed so a
     /// connection without one pays a pointer.
     pub rooms: Option<Box<RoomRule>>,
@@ -350,7 +351,7 @@ impl Session {
         Session {
             ctx: None,
             user,
-            bucket,
+            bucket: bucket.map(Box::new),
             rooms: rooms.map(Box::new),
             next_ping: now + ping_interval,
         }

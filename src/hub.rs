@@ -46,13 +46,14 @@ pub struct Departure {
 /// Rooms, users and their connections, with every index needed to answer and update in O(1).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Hub {
-    /// Per-connection state, found by the slab key the loop hands in with every call.
-    connections: HashMap<ConnId, Connection>,
+    /// Per-connection state indexed by the slab key the loop hands in with every call: slab keys
+    /// are dense, so a vector costs no hashing and no spare buckets per connection.
+    connections: Vec<Option<Connection>>,
     /// Every connection once, so "send to everyone" walks a slice instead of a map.
     all: Vec<ConnId>,
     /// Each online user's connections (tabs), so a direct message reaches all of them; a user
     /// with no connection left is removed, which makes the key set the online list.
-    users: HashMap<Rc<str>, Vec<ConnId>>,
+    users: HashMap<Rc<str>, Tabs>,
     /// Each non-empty room; a room exists exactly as long as it has a member.
     rooms: HashMap<Rc<str>, Room>,
 }
@@ -68,8 +69,72 @@ struct Connection {
     /// This connection's index in [`Hub::all`], for the same reason.
     all_slot: usize,
     /// The rooms this connection is in, each with this connection's index in the room's member
-    /// list: membership tests are one lookup and leaving needs no scan of the room.
-    rooms: HashMap<Rc<str>, usize>,
+    /// list, so leaving needs no scan of the room. A list, not a map: a connection is in a few
+    /// rooms, and an empty list costs no allocation on the many connections in none.
+    rooms: Vec<(Rc<str>, usize)>,
+}
+
+impl Connection {
+    /// This connection's index in `room`'s member list, if it is a member.
+    fn slot_in(&self, room: &str) -> Option<usize> {
+        self.rooms
+            .iter()
+            .find(|(name, _)| &**name == room)
+            .map(|(_, slot)| *slot)
+    }
+
+    /// The stored member index for `room`, to update after a `swap_remove` moved this member.
+    fn slot_in_mut(&mut self, room: &str) -> Option<&mut usize> {
+        self.rooms
+            .iter_mut()
+            .find(|(name, _)| &**name == room)
+            .map(|(_, slot)| slot)
+    }
+}
+
+/// One user's connections. Most users have one, held inline so it costs no allocation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Tabs {
+    One(ConnId),
+    Many(Vec<ConnId>),
+}
+
+impl Tabs {
+    fn as_slice(&self) -> &[ConnId] {
+        match self {
+            Tabs::One(conn) => std::slice::from_ref(conn),
+            Tabs::Many(conns) => conns,
+        }
+    }
+
+    /// Appends `conn`, returning its index.
+    fn push(&mut self, conn: ConnId) -> usize {
+        match self {
+            Tabs::One(first) => {
+                *self = Tabs::Many(vec![*first, conn]);
+                1
+            }
+            Tabs::Many(conns) => {
+                conns.push(conn);
+                conns.len() - 1
+            }
+        }
+    }
+
+    /// Removes the entry at `slot` like [`remove_slot`]; returns the entry that moved and
+    /// whether the list is now empty.
+    fn remove(&mut self, slot: usize) -> (Option<ConnId>, bool) {
+        match self {
+            Tabs::One(_) => (None, true),
+            Tabs::Many(conns) => {
+                let moved = remove_slot(conns, slot);
+                if let [only] = conns.as_slice() {
+                    *self = Tabs::One(*only);
+                }
+                (moved, false)
+            }
+        }
+    }
 }
 
 /// One room's members.
@@ -88,50 +153,78 @@ impl Hub {
         Self::default()
     }
 
+    /// An empty hub with room for `connections` connections reserved up front, so reaching the
+    /// connection limit never reallocates (or holds doubled spare capacity in) the per-connection
+    /// indexes.
+    pub fn with_capacity(connections: usize) -> Self {
+        Hub {
+            connections: Vec::with_capacity(connections),
+            all: Vec::with_capacity(connections),
+            users: HashMap::with_capacity(connections),
+            rooms: HashMap::new(),
+        }
+    }
+
+    fn member(&self, conn: ConnId) -> Option<&Connection> {
+        self.connections.get(conn.0).and_then(Option::as_ref)
+    }
+
+    fn member_mut(&mut self, conn: ConnId) -> Option<&mut Connection> {
+        self.connections.get_mut(conn.0).and_then(Option::as_mut)
+    }
+
     /// Registers `conn` as a connection of `user` (a user may hold several: tabs share one
     /// identity). Returns false, leaving the hub unchanged, when `conn` is already connected.
     pub fn connect(&mut self, conn: ConnId, user: &str) -> bool {
-        if self.connections.contains_key(&conn) {
+        if self.member(conn).is_some() {
             return false;
         }
-        let user = match self.users.get_key_value(user) {
+        let name = match self.users.get_key_value(user) {
             Some((name, _)) => Rc::clone(name),
             None => Rc::from(user),
         };
-        let tabs = self.users.entry(Rc::clone(&user)).or_default();
-        let user_slot = tabs.len();
-        tabs.push(conn);
+        let user_slot = match self.users.get_mut(&name) {
+            Some(tabs) => tabs.push(conn),
+            None => {
+                self.users.insert(Rc::clone(&name), Tabs::One(conn));
+                0
+            }
+        };
+        let user = name;
         let all_slot = self.all.len();
         self.all.push(conn);
-        self.connections.insert(
-            conn,
-            Connection {
-                user,
-                user_slot,
-                all_slot,
-                rooms: HashMap::new(),
-            },
-        );
+        if self.connections.len() <= conn.0 {
+            self.connections.resize_with(conn.0 + 1, || None);
+        }
+        self.connections[conn.0] = Some(Connection {
+            user,
+            user_slot,
+            all_slot,
+            rooms: Vec::new(),
+        });
         true
     }
 
     /// Forgets `conn` everywhere, in O(rooms of `conn`). Returns `None` when it was not
     /// connected.
     pub fn disconnect(&mut self, conn: ConnId) -> Option<Departure> {
-        let gone = self.connections.remove(&conn)?;
+        let gone = self.connections.get_mut(conn.0).and_then(Option::take)?;
+        while let Some(None) = self.connections.last() {
+            self.connections.pop();
+        }
         if let Some(moved) = remove_slot(&mut self.all, gone.all_slot)
-            && let Some(moved) = self.connections.get_mut(&moved)
+            && let Some(moved) = self.member_mut(moved)
         {
             moved.all_slot = gone.all_slot;
         }
         if let Some(tabs) = self.users.get_mut(&gone.user) {
-            if let Some(moved) = remove_slot(tabs, gone.user_slot)
-                && let Some(moved) = self.connections.get_mut(&moved)
+            let (moved, empty) = tabs.remove(gone.user_slot);
+            if empty {
+                self.users.remove(&gone.user);
+            } else if let Some(moved) = moved
+                && let Some(moved) = self.member_mut(moved)
             {
                 moved.user_slot = gone.user_slot;
-            }
-            if tabs.is_empty() {
-                self.users.remove(&gone.user);
             }
         }
         let mut last_in = Vec::new();
@@ -149,8 +242,8 @@ impl Hub {
     /// Puts `conn` in `room`, creating the room if needed; joining again changes nothing.
     /// Returns `None` when `conn` is not connected.
     pub fn join(&mut self, conn: ConnId, room: &str) -> Option<JoinOutcome> {
-        let member = self.connections.get_mut(&conn)?;
-        if member.rooms.contains_key(room) {
+        let member = self.connections.get_mut(conn.0).and_then(Option::as_mut)?;
+        if member.slot_in(room).is_some() {
             return Some(JoinOutcome {
                 first_for_user: false,
                 users: self.room_user_count(room),
@@ -161,7 +254,7 @@ impl Hub {
             None => Rc::from(room),
         };
         let joined = self.rooms.entry(Rc::clone(&name)).or_default();
-        member.rooms.insert(name, joined.members.len());
+        member.rooms.push((name, joined.members.len()));
         joined.members.push(conn);
         let tabs = joined.users.entry(Rc::clone(&member.user)).or_insert(0);
         *tabs += 1;
@@ -175,8 +268,9 @@ impl Hub {
     /// Takes `conn` out of `room`, dropping the room when it empties. Returns `None` when `conn`
     /// was not a member (or not connected).
     pub fn quit(&mut self, conn: ConnId, room: &str) -> Option<QuitOutcome> {
-        let member = self.connections.get_mut(&conn)?;
-        let slot = member.rooms.remove(room)?;
+        let member = self.member_mut(conn)?;
+        let index = member.rooms.iter().position(|(name, _)| &**name == room)?;
+        let (_, slot) = member.rooms.swap_remove(index);
         let user = Rc::clone(&member.user);
         Some(QuitOutcome {
             last_for_user: self.leave_room(&user, room, slot),
@@ -185,14 +279,13 @@ impl Hub {
 
     /// Whether `conn` is in `room`.
     pub fn is_member(&self, conn: ConnId, room: &str) -> bool {
-        self.connections
-            .get(&conn)
-            .is_some_and(|member| member.rooms.contains_key(room))
+        self.member(conn)
+            .is_some_and(|member| member.slot_in(room).is_some())
     }
 
     /// The user `conn` speaks for, if it is connected.
     pub fn user_of(&self, conn: ConnId) -> Option<&str> {
-        self.connections.get(&conn).map(|member| &*member.user)
+        self.member(conn).map(|member| &*member.user)
     }
 
     /// Every connection in `room` (empty when the room does not exist).
@@ -202,7 +295,7 @@ impl Hub {
 
     /// Every connection of `user` (empty when the user is offline).
     pub fn user_connections(&self, user: &str) -> &[ConnId] {
-        self.users.get(user).map_or(&[], Vec::as_slice)
+        self.users.get(user).map_or(&[], Tabs::as_slice)
     }
 
     /// Every connection, once.
@@ -252,8 +345,9 @@ impl Hub {
         if let Some(moved) = remove_slot(&mut room.members, slot)
             && let Some(moved_slot) = self
                 .connections
-                .get_mut(&moved)
-                .and_then(|member| member.rooms.get_mut(room_name))
+                .get_mut(moved.0)
+                .and_then(Option::as_mut)
+                .and_then(|member| member.slot_in_mut(room_name))
         {
             *moved_slot = slot;
         }
@@ -276,37 +370,52 @@ impl Hub {
     /// Panics unless every index agrees with every other one.
     #[cfg(test)]
     fn check_invariants(&self) {
-        assert_eq!(self.all.len(), self.connections.len());
+        let connected =
+            |conn: &ConnId| self.member(*conn).expect("indexed connection is connected");
+        assert_eq!(self.all.len(), self.connections.iter().flatten().count());
         for (slot, conn) in self.all.iter().enumerate() {
-            assert_eq!(self.connections[conn].all_slot, slot, "{conn:?} all_slot");
+            assert_eq!(connected(conn).all_slot, slot, "{conn:?} all_slot");
         }
         let mut memberships = 0;
-        for (conn, member) in &self.connections {
-            assert_eq!(self.users[&member.user][member.user_slot], *conn);
+        for (index, member) in self.connections.iter().enumerate() {
+            let (conn, Some(member)) = (ConnId(index), member) else {
+                continue;
+            };
+            assert_eq!(self.users[&member.user].as_slice()[member.user_slot], conn);
+            let mut names: Vec<&Rc<str>> = member.rooms.iter().map(|(name, _)| name).collect();
+            names.sort();
+            names.dedup();
+            assert_eq!(
+                names.len(),
+                member.rooms.len(),
+                "{conn:?} listed in a room twice"
+            );
             for (room, slot) in &member.rooms {
-                assert_eq!(self.rooms[room].members[*slot], *conn, "{conn:?} in {room}");
+                assert_eq!(self.rooms[room].members[*slot], conn, "{conn:?} in {room}");
                 memberships += 1;
             }
         }
         let mut tabs = 0;
         for (user, conns) in &self.users {
-            assert!(!conns.is_empty(), "user {user} left behind");
-            for (slot, conn) in conns.iter().enumerate() {
-                assert_eq!(self.connections[conn].user, *user);
-                assert_eq!(self.connections[conn].user_slot, slot);
+            assert!(!conns.as_slice().is_empty(), "user {user} left behind");
+            assert!(
+                !matches!(conns, Tabs::Many(list) if list.len() < 2),
+                "{user}: one tab not inline"
+            );
+            for (slot, conn) in conns.as_slice().iter().enumerate() {
+                assert_eq!(connected(conn).user, *user);
+                assert_eq!(connected(conn).user_slot, slot);
                 tabs += 1;
             }
         }
-        assert_eq!(tabs, self.connections.len());
+        assert_eq!(tabs, self.all.len());
         let mut members = 0;
         for (name, room) in &self.rooms {
             assert!(!room.members.is_empty(), "room {name} left behind");
             let mut counted: HashMap<Rc<str>, usize> = HashMap::new();
             for (slot, conn) in room.members.iter().enumerate() {
-                assert_eq!(self.connections[conn].rooms[name], slot);
-                *counted
-                    .entry(Rc::clone(&self.connections[conn].user))
-                    .or_default() += 1;
+                assert_eq!(connected(conn).slot_in(name), Some(slot));
+                *counted.entry(Rc::clone(&connected(conn).user)).or_default() += 1;
                 members += 1;
             }
             assert_eq!(counted, room.users, "user counts of {name}");

@@ -13,6 +13,10 @@ use crate::frame;
 /// one (after a burst) is freed at once.
 const RETAIN_CAPACITY: usize = 16 * 1024;
 
+/// A drained queue that never grew past this (one small frame, the `101` response) is freed at
+/// once: it is cheap to allocate again, and most connections are idle most of the time.
+const SMALL_CAPACITY: usize = 256;
+
 /// The consumed front is only dropped once it is this large, so compaction is amortised.
 const COMPACT_MIN: usize = 64 * 1024;
 
@@ -108,7 +112,8 @@ impl OutputQueue {
     }
 
     fn clear(&mut self) {
-        if self.buf.capacity() > RETAIN_CAPACITY {
+        let capacity = self.buf.capacity();
+        if capacity <= SMALL_CAPACITY || capacity > RETAIN_CAPACITY {
             self.buf = Vec::new();
         } else {
             self.buf.clear();
@@ -154,7 +159,15 @@ mod tests {
 
         queue.push(&frame(10, 1));
         queue.consume(queue.len());
-        assert!(queue.buf.capacity() > 0 && queue.buf.capacity() <= RETAIN_CAPACITY);
+        assert_eq!(
+            queue.buf.capacity(),
+            0,
+            "a small buffer is not worth keeping"
+        );
+
+        queue.push(&frame(1000, 1));
+        queue.consume(queue.len());
+        assert!(queue.buf.capacity() > SMALL_CAPACITY && queue.buf.capacity() <= RETAIN_CAPACITY);
         queue.release();
         assert_eq!(queue.buf.capacity(), 0);
     }

@@ -63,6 +63,10 @@ const WS_READ_BUFFER: usize = 256;
 /// Pending connections the kernel queues before `accept` (capped by `net.core.somaxconn`).
 const LISTEN_BACKLOG: i32 = 4096;
 
+/// Connections still speaking HTTP (or being refused) on top of `--max-connections` WebSocket
+/// connections, for sizing the per-connection tables.
+const HTTP_HEADROOM: usize = 1024;
+
 /// Readiness events taken per poll.
 const EVENTS_CAPACITY: usize = 1024;
 
@@ -192,6 +196,12 @@ impl Server {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let now = Instant::now();
+        // Per-connection tables are sized for the connection limit up front: pages are only
+        // touched as connections arrive, and none of them ever doubles (and holds twice the
+        // memory) on the way up.
+        let capacity = config.max_connections.saturating_add(HTTP_HEADROOM);
+        let mut timers: TimerWheel<usize> = TimerWheel::new(now);
+        timers.reserve(capacity);
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(WS_READ_BUFFER)
             .write_buffer_size(0)
@@ -211,14 +221,14 @@ impl Server {
             assets,
             verifier,
             out: Outputs {
-                conns: Slab::new(),
+                conns: Slab::with_capacity(capacity),
                 dirty: Vec::new(),
                 slow: Vec::new(),
                 max_buffered: config.max_buffered,
             },
             open_count: 0,
-            hub: Hub::new(),
-            timers: TimerWheel::new(now),
+            hub: Hub::with_capacity(capacity),
+            timers,
             metrics: Metrics::default(),
             scratch: vec![0; SCRATCH_SIZE],
             inbox: Vec::new(),

@@ -147,6 +147,12 @@ impl<T> TimerWheel<T> {
         }
     }
 
+    /// Reserves room for `additional` more timers, so arming up to that many never reallocates
+    /// the arena (or leaves it with doubled spare capacity).
+    pub fn reserve(&mut self, additional: usize) {
+        self.entries.reserve_exact(additional);
+    }
+
     /// Arms a timer that fires on the first `expire` whose `now` is at or
     /// after `deadline`; a deadline already passed fires on the next `expire`.
     ///

@@ -166,8 +166,9 @@ pub struct RequestReader {
     buf: Vec<u8>,
     /// How far the search for the end of the head got, so it never rescans.
     scanned: usize,
-    /// A parsed head (with its length and body length) waiting for its body.
-    head: Option<(Request, usize, usize)>,
+    /// A parsed head (with its length and body length) waiting for its body; boxed because it
+    /// is rare and large, and this reader sits in every connection that is still speaking HTTP.
+    head: Option<Box<(Request, usize, usize)>>,
 }
 
 impl RequestReader {
@@ -218,9 +219,9 @@ impl RequestReader {
             if body_len > limits.max_body {
                 return refuse(413, "request body too large");
             }
-            self.head = Some((request, head_len, body_len));
+            self.head = Some(Box::new((request, head_len, body_len)));
         }
-        let Some((_, head_len, body_len)) = &self.head else {
+        let Some((_, head_len, body_len)) = self.head.as_deref() else {
             return Ok(None);
         };
         let total = head_len + body_len;
@@ -230,7 +231,7 @@ impl RequestReader {
         let body = self.buf[*head_len..total].to_vec();
         self.buf.drain(..total);
         self.scanned = 0;
-        Ok(self.head.take().map(|(request, _, _)| (request, body)))
+        Ok(self.head.take().map(|head| (head.0, body)))
     }
 
     /// Bytes received after the last complete request (e.g. the first WebSocket frame that
