@@ -562,6 +562,7 @@ fn push<T: Serialize>(out: &mut Vec<Delivery>, target: Target, value: &T) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hub::tests::Rng;
 
     const NOW: u64 = 1_700_000_000_000;
     const LIMIT: usize = 64 * 1024;
@@ -1091,18 +1092,6 @@ mod tests {
                     r#"{"event":"error","id":1,"code":400,"error":"event must be a string"}"#
                 )]
             );
-        }
-    }
-
-    /// A tiny xorshift generator, so random tests need no crate and repeat exactly.
-    struct Rng(u64);
-
-    impl Rng {
-        fn below(&mut self, n: usize) -> usize {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            (self.0 % n as u64) as usize
         }
     }
 

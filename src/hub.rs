@@ -435,7 +435,7 @@ fn remove_slot(list: &mut Vec<ConnId>, slot: usize) -> Option<ConnId> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::collections::{BTreeMap, BTreeSet};
 
@@ -620,10 +620,10 @@ mod tests {
     }
 
     /// A tiny xorshift generator, so random tests need no crate and repeat exactly.
-    struct Rng(u64);
+    pub(crate) struct Rng(pub(crate) u64);
 
     impl Rng {
-        fn below(&mut self, n: usize) -> usize {
+        pub(crate) fn below(&mut self, n: usize) -> usize {
             self.0 ^= self.0 << 13;
             self.0 ^= self.0 >> 7;
             self.0 ^= self.0 << 17;

@@ -218,6 +218,23 @@ const HTTP_DICTIONARY: &[&[u8]] = &[
     b"/api/",
 ];
 
+/// Reads `bytes` split at `cuts` and whole: the outcomes must agree, and every request must
+/// route sanely.
+fn check_split_and_route(bytes: &[u8], cuts: &[usize]) -> Result<(), TestCaseError> {
+    let outcomes = read_requests(bytes, cuts);
+    prop_assert_eq!(
+        &outcomes,
+        &read_requests(bytes, &[]),
+        "the split changed the outcome"
+    );
+    for outcome in &outcomes {
+        if let Outcome::Request(request, _) = outcome {
+            check_route(request);
+        }
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(config(512))]
 
@@ -226,13 +243,7 @@ proptest! {
         bytes in vec(any::<u8>(), 0..1200),
         cuts in vec(any::<usize>(), 0..8),
     ) {
-        let outcomes = read_requests(&bytes, &cuts);
-        prop_assert_eq!(&outcomes, &read_requests(&bytes, &[]), "the split changed the outcome");
-        for outcome in &outcomes {
-            if let Outcome::Request(request, _) = outcome {
-                check_route(request);
-            }
-        }
+        check_split_and_route(&bytes, &cuts)?;
     }
 
     #[test]
@@ -244,13 +255,7 @@ proptest! {
         let requests = valid_requests();
         let base: &Vec<u8> = which.get(&requests);
         let bytes = mutate(base, &mutations, HTTP_DICTIONARY);
-        let outcomes = read_requests(&bytes, &cuts);
-        prop_assert_eq!(&outcomes, &read_requests(&bytes, &[]), "the split changed the outcome");
-        for outcome in &outcomes {
-            if let Outcome::Request(request, _) = outcome {
-                check_route(request);
-            }
-        }
+        check_split_and_route(&bytes, &cuts)?;
     }
 
     #[test]

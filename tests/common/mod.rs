@@ -174,18 +174,7 @@ pub fn read_until_close(stream: &mut TcpStream) -> String {
 /// (head plus `Content-Length` body).
 pub fn http_request(stream: &mut TcpStream, request: &str) -> (u16, String, String) {
     stream.write_all(request.as_bytes()).expect("send request");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = stream.read(&mut byte).expect("read response head");
-        assert!(
-            n > 0,
-            "connection closed before the response head ended: {:?}",
-            String::from_utf8_lossy(&head)
-        );
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).expect("ASCII head");
+    let head = read_head(stream);
     let status = head[9..12].parse().expect("status code");
     let length: usize = head
         .lines()
