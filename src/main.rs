@@ -8,7 +8,14 @@ use wshub::{Config, Server};
 fn main() -> ExitCode {
     let config = match Config::load() {
         Ok(config) => config,
-        Err(error) => error.exit(),
+        Err(error) if !error.use_stderr() => error.exit(),
+        Err(error) => {
+            // One line that says what is wrong; `--help` has the rest.
+            let text = error.to_string();
+            let first = text.lines().next().unwrap_or_default();
+            eprintln!("wshub: {} (see wshub --help)", first.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
     };
     init_logging(config.log_level.as_deref());
     raise_open_file_limit(config.max_connections);
