@@ -6,6 +6,7 @@
 // Writes a screenshot to <repo>/target/e2e-chat.png. Prints `e2e: N passed, M failed` last.
 
 import { spawn } from 'node:child_process';
+import { createHmac } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import net from 'node:net';
@@ -76,9 +77,10 @@ async function freePort() {
 }
 
 class WshubProcess {
-  constructor(bin, port) {
+  constructor(bin, port, extraArgs = []) {
     this.bin = bin;
     this.port = port;
+    this.extraArgs = extraArgs;
     this.child = null;
     this.exit = null;
     /** Last lines of the server's output, printed when something fails. */
@@ -89,7 +91,7 @@ class WshubProcess {
 
   async start() {
     this.exit = null;
-    const child = spawn(this.bin, ['--listen', `127.0.0.1:${this.port}`], {
+    const child = spawn(this.bin, ['--listen', `127.0.0.1:${this.port}`, ...this.extraArgs], {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info' },
     });
@@ -334,9 +336,40 @@ async function run(cleanup) {
     await logEntry(carol, 'alice', 'welcome back, carol').waitFor();
   });
 
+  await step('with --jwt-secret, a page opened with ?token= signs in as the token\'s sub and keeps the token out of the WebSocket URL', async () => {
+    const secret = 'e2e-secret';
+    const authed = new WshubProcess(WSHUB_BIN, await freePort(), ['--jwt-secret', secret]);
+    cleanup.authed = authed;
+    await authed.start();
+    const token = signJwt({ sub: 'dora', name: 'Dora', rooms: ['lobby', 'e2e-*'], exp: Math.floor(Date.now() / 1000) + 600 }, secret);
+    const page = await context.newPage();
+    const socketUrls = [];
+    page.on('websocket', (ws) => socketUrls.push(ws.url()));
+    page.on('pageerror', (err) => pageErrors.push(`${page.url()}: ${err.message}`));
+    await page.goto(`${authed.base}/?token=${token}`, { waitUntil: 'domcontentloaded' });
+    await waitOnline(page);
+    await page.waitForFunction(() => document.getElementById('status').textContent.includes('dora'));
+    await joinRoom(page, ROOM);
+    await onlineUser(page, 'dora').waitFor();
+    assert(socketUrls.length > 0, 'the page opened no WebSocket');
+    for (const url of socketUrls) {
+      assert(!url.includes(token.split('.')[2]), `the token leaked into the WebSocket URL ${url}`);
+    }
+    await page.close();
+    await authed.stop();
+  });
+
   await step('no uncaught errors in any page', async () => {
     assert(pageErrors.length === 0, pageErrors.join('; '));
   });
+}
+
+/** An HS256 JWT, signed with node's crypto (the server verifies it with the same secret). */
+function signJwt(claims, secret) {
+  const encode = (value) => Buffer.from(JSON.stringify(value)).toString('base64url');
+  const unsigned = `${encode({ alg: 'HS256', typ: 'JWT' })}.${encode(claims)}`;
+  const signature = createHmac('sha256', secret).update(unsigned).digest('base64url');
+  return `${unsigned}.${signature}`;
 }
 
 /** launchPersistentContext opens a blank tab; close it so only chat tabs remain. */
@@ -348,7 +381,7 @@ async function closeBlankTabs(context, keep) {
 
 // ------------------------------------------------------------------ main
 
-const cleanup = { server: null, context: null, userDataDir: null };
+const cleanup = { server: null, authed: null, context: null, userDataDir: null };
 let watchdog;
 try {
   await Promise.race([
@@ -372,6 +405,7 @@ try {
 } finally {
   clearTimeout(watchdog);
   cleanup.server?.kill();
+  cleanup.authed?.kill();
   if (cleanup.context) {
     await Promise.race([cleanup.context.close().catch(() => {}), sleep(10_000)]);
   }
