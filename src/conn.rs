@@ -8,7 +8,6 @@
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr};
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
@@ -49,8 +48,6 @@ pub struct Session {
     /// tungstenite's protocol state, created when the client first sends a byte: an idle
     /// connection that never speaks then costs no read buffer at all.
     ctx: Option<Box<WebSocketContext>>,
-    /// Who this connection belongs to (SPEC §4); shared with the hub's indexes.
-    pub user: Rc<str>,
     /// Per-connection message budget when `--rate-limit` is set; boxed so connections pay a
     /// pointer when it is not.
     pub bucket: Option<Box<TokenBucket>>,
@@ -342,7 +339,6 @@ impl Connection {
 impl Session {
     /// A session whose first server Ping is due one interval from `now`.
     pub fn new(
-        user: Rc<str>,
         rooms: Option<RoomRule>,
         bucket: Option<TokenBucket>,
         ping_interval: Duration,
@@ -350,7 +346,6 @@ impl Session {
     ) -> Session {
         Session {
             ctx: None,
-            user,
             bucket: bucket.map(Box::new),
             rooms: rooms.map(Box::new),
             next_ping: now + ping_interval,
@@ -440,13 +435,7 @@ mod tests {
     }
 
     fn session() -> Session {
-        Session::new(
-            "alice".into(),
-            None,
-            None,
-            Duration::from_secs(30),
-            Instant::now(),
-        )
+        Session::new(None, None, Duration::from_secs(30), Instant::now())
     }
 
     /// A masked client frame.

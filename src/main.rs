@@ -13,7 +13,10 @@ fn main() -> ExitCode {
             // One line that says what is wrong; `--help` has the rest.
             let text = error.to_string();
             let first = text.lines().next().unwrap_or_default();
-            eprintln!("wshub: {} (see wshub --help)", first.trim_start_matches("error: "));
+            eprintln!(
+                "wshub: {} (see wshub --help)",
+                first.trim_start_matches("error: ")
+            );
             return ExitCode::from(2);
         }
     };

@@ -9,7 +9,6 @@
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{debug, error, info, warn};
@@ -728,12 +727,12 @@ impl Server {
                     "{}: token accepted for {} (name {name})",
                     self.out.conns[key].client, identity.user
                 );
-                (Rc::from(identity.user), identity.rooms)
+                (identity.user, identity.rooms)
             }
-            Claim::Named(user) => (Rc::from(user), None),
+            Claim::Named(user) => (user, None),
             Claim::Anonymous => {
                 self.anon_counter += 1;
-                (Rc::from(format!("anon-{}", self.anon_counter)), None)
+                (format!("anon-{}", self.anon_counter), None)
             }
         };
         let bucket = self
@@ -749,7 +748,7 @@ impl Server {
         debug!("{}: WebSocket open as {user}", conn.client);
         self.hub.connect(ConnId(key), &user);
         conn.open(
-            Session::new(user, rooms, bucket, self.timeouts.ping_interval, self.now),
+            Session::new(rooms, bucket, self.timeouts.ping_interval, self.now),
             self.now,
         );
         self.open_count += 1;
