@@ -17,9 +17,6 @@ use subtle::ConstantTimeEq;
 
 use crate::http::request::query_param;
 
-/// Clock skew tolerated on `exp` and `nbf` when the operator does not choose one.
-pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
-
 /// The application subprotocol wshub speaks and echoes back when a client offers it.
 pub const SUBPROTOCOL: &str = "wshub";
 
@@ -195,11 +192,6 @@ impl JwtVerifier {
             validation,
             leeway,
         }
-    }
-
-    /// Verifies `token` against the wall clock.
-    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
-        self.verify_at(token, SystemTime::now())
     }
 
     /// Verifies `token` as of `now`: HS256 only, `exp` required, `nbf` honoured, both with the
@@ -401,7 +393,7 @@ mod tests {
     }
 
     fn verifier() -> JwtVerifier {
-        JwtVerifier::new(SECRET, DEFAULT_LEEWAY)
+        JwtVerifier::new(SECRET, Duration::from_secs(30))
     }
 
     fn sign_with(algorithm: Algorithm, secret: &[u8], claims: &serde_json::Value) -> String {
@@ -458,20 +450,6 @@ mod tests {
     fn fractional_exp_is_accepted() {
         let token = sign(&json!({"sub": "alice", "exp": NOW_SECS as f64 + 0.5}));
         assert!(verifier().verify_at(&token, now()).is_ok());
-    }
-
-    #[test]
-    fn verify_uses_the_wall_clock() {
-        let exp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock after 1970")
-            .as_secs()
-            + 600;
-        let token = sign(&json!({"sub": "alice", "exp": exp}));
-        assert_eq!(
-            verifier().verify(&token).map(|id| id.user),
-            Ok("alice".into())
-        );
     }
 
     #[test]

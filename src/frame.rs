@@ -15,7 +15,6 @@ pub enum OpCode {
     Binary = 0x2,
     Close = 0x8,
     Ping = 0x9,
-    Pong = 0xA,
 }
 
 /// Appends one complete, final, unmasked frame carrying `payload` to `out`.

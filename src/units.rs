@@ -50,18 +50,6 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("invalid size {text:?}: too large"))
 }
 
-/// Formats a duration the way it is written on the command line (for `--help` defaults and logs).
-pub fn format_duration(duration: Duration) -> String {
-    let ms = duration.as_millis();
-    if !ms.is_multiple_of(1_000) {
-        format!("{ms}ms")
-    } else if ms.is_multiple_of(60_000) && ms > 0 {
-        format!("{}m", ms / 60_000)
-    } else {
-        format!("{}s", ms / 1_000)
-    }
-}
-
 /// Formats a size the way it is written on the command line.
 pub fn format_size(bytes: usize) -> String {
     const UNITS: [(usize, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
@@ -125,13 +113,9 @@ mod tests {
     }
 
     #[test]
-    fn formatting_round_trips() {
-        for text in ["30s", "500ms", "2m", "64KiB", "4MiB", "100"] {
-            let formatted = if text.ends_with('s') || text.ends_with('m') {
-                format_duration(parse_duration(text).unwrap())
-            } else {
-                format_size(parse_size(text).unwrap())
-            };
+    fn sizes_format_the_way_they_are_written() {
+        for text in ["64KiB", "4MiB", "1GiB", "100"] {
+            let formatted = format_size(parse_size(text).unwrap());
             assert_eq!(formatted, text);
         }
     }
