@@ -637,22 +637,7 @@ impl Server {
                 ),
                 Route::Respond(response) => {
                     if request.path == self.config.ws_path {
-                        let why = String::from_utf8_lossy(&response.body);
-                        debug!(
-                            "{}: upgrade refused with {}: {}",
-                            self.out.conns[key].client,
-                            response.status,
-                            why.trim()
-                        );
-                        if response.status == 401 {
-                            warn!(
-                                "{}: upgrade refused: {}",
-                                self.out.conns[key].client,
-                                why.trim()
-                            );
-                        }
-                        self.metrics
-                            .handshake_failed(HandshakeFailure::from_status(response.status));
+                        self.upgrade_refused(key, &response);
                     }
                     response
                 }
@@ -667,6 +652,24 @@ impl Server {
                 return;
             }
         }
+    }
+
+    /// Counts a refused upgrade by reason and logs why (auth failures at warn: an operator
+    /// wants to see those; the body holds the reason, never the token).
+    fn upgrade_refused(&mut self, key: usize, response: &Response) {
+        let client = self.out.conns[key].client;
+        let why = String::from_utf8_lossy(&response.body);
+        if response.status == 401 {
+            warn!("{client}: upgrade refused: {}", why.trim());
+        } else {
+            debug!(
+                "{client}: upgrade refused with {}: {}",
+                response.status,
+                why.trim()
+            );
+        }
+        self.metrics
+            .handshake_failed(HandshakeFailure::from_status(response.status));
     }
 
     /// `GET /api/online`: who is online, in a room or anywhere.
