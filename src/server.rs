@@ -66,6 +66,10 @@ const LISTEN_BACKLOG: i32 = 4096;
 /// connections, for sizing the per-connection tables.
 const HTTP_HEADROOM: usize = 1024;
 
+/// Beyond this many connections the per-connection tables grow on demand instead of being
+/// reserved at start-up, so an absurd `--max-connections` cannot reserve gigabytes.
+const MAX_PRESIZED_CONNECTIONS: usize = 1 << 20;
+
 /// Readiness events taken per poll.
 const EVENTS_CAPACITY: usize = 1024;
 
@@ -198,7 +202,10 @@ impl Server {
         // Per-connection tables are sized for the connection limit up front: pages are only
         // touched as connections arrive, and none of them ever doubles (and holds twice the
         // memory) on the way up.
-        let capacity = config.max_connections.saturating_add(HTTP_HEADROOM);
+        let capacity = config
+            .max_connections
+            .saturating_add(HTTP_HEADROOM)
+            .min(MAX_PRESIZED_CONNECTIONS);
         let mut timers: TimerWheel<usize> = TimerWheel::new(now);
         timers.reserve(capacity);
         let ws_config = WebSocketConfig::default()
