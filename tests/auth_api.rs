@@ -235,8 +235,8 @@ fn token_in_the_subprotocol_list_is_accepted_and_only_wshub_is_answered() {
 
 #[test]
 fn refusals_never_reveal_the_token_in_the_answer_or_the_log() {
-    let daemon = LoggedDaemon::spawn(&["--jwt-secret", SECRET, "--log-level", "debug"]);
-    let addr = daemon.addr();
+    let daemon = Daemon::spawn(&["--jwt-secret", SECRET, "--log-level", "debug"]);
+    let addr = daemon.addr;
     let expired = sign_with(SECRET, &json!({"sub": "alice", "exp": now_secs() - 3600}));
     let forged = sign_with("other", &json!({"sub": "alice", "exp": now_secs() + 3600}));
     let unsigned = format!(
@@ -331,8 +331,8 @@ fn wildcard_allow_origin_accepts_every_origin() {
 
 /// Opens a WebSocket as `user` with `extra` headers on a logged daemon and returns the debug
 /// line that records the open connection, which names the client address the server believed.
-fn open_line(daemon: &LoggedDaemon, user: &str, extra: &str) -> String {
-    let (_, client) = connect_with_headers(daemon.addr(), &format!("/ws?user={user}"), extra);
+fn open_line(daemon: &Daemon, user: &str, extra: &str) -> String {
+    let (_, client) = connect_with_headers(daemon.addr, &format!("/ws?user={user}"), extra);
     let line = daemon.wait_for_line(&format!("WebSocket open as {user}"));
     drop(client);
     line
@@ -340,7 +340,7 @@ fn open_line(daemon: &LoggedDaemon, user: &str, extra: &str) -> String {
 
 #[test]
 fn forwarded_for_from_a_trusted_proxy_is_believed() {
-    let daemon = LoggedDaemon::spawn(&["--trusted-proxy", "127.0.0.1/32", "--log-level", "debug"]);
+    let daemon = Daemon::spawn(&["--trusted-proxy", "127.0.0.1/32", "--log-level", "debug"]);
     let forwarded = open_line(
         &daemon,
         "via-xff",
@@ -368,7 +368,7 @@ fn forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy() {
         &["--log-level", "debug"][..],
         &["--trusted-proxy", "10.0.0.0/8", "--log-level", "debug"][..],
     ] {
-        let daemon = LoggedDaemon::spawn(args);
+        let daemon = Daemon::spawn(args);
         let extra =
             format!("X-Forwarded-For: {FORWARDED_CLIENT}\r\nX-Real-IP: {FORWARDED_CLIENT}\r\n");
         let line = open_line(&daemon, "spoofer", &extra);

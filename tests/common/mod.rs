@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use tungstenite::protocol::WebSocket;
@@ -34,38 +34,46 @@ pub fn start(args: &[&str]) -> SocketAddr {
     rx.recv_timeout(TIMEOUT).expect("server started")
 }
 
-/// The real `wshub` binary, started with `args` on a free port.
+/// The real `wshub` binary, started with `args` on a free port; its stderr is kept line by line
+/// for tests that assert on logs. `--log-level info` is added unless `args` set a level.
 pub struct Daemon {
     pub child: Child,
     pub addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Daemon {
     pub fn spawn(args: &[&str]) -> Daemon {
+        let level: &[&str] = if args.contains(&"--log-level") {
+            &[]
+        } else {
+            &["--log-level", "info"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_wshub"))
-            .args(["--listen", "127.0.0.1:0", "--log-level", "info"])
+            .args(["--listen", "127.0.0.1:0"])
+            .args(level)
             .args(args)
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
             .expect("spawn wshub");
         let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let lines = Arc::clone(&log);
         let (tx, rx) = mpsc::channel();
+        // Reads until the daemon exits, so it never blocks on a full pipe.
         std::thread::spawn(move || {
-            let mut lines = BufReader::new(stderr).lines();
-            for line in lines.by_ref().map_while(Result::ok) {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let addr = rest
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned();
-                    let _ = tx.send(addr);
-                    break;
+                    let _ = tx.send(
+                        rest.split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned(),
+                    );
                 }
+                lines.lock().expect("log lock").push(line);
             }
-            // Keep draining so the daemon never blocks on a full pipe.
-            for _ in lines {}
         });
         let addr = rx
             .recv_timeout(TIMEOUT)
@@ -73,6 +81,34 @@ impl Daemon {
         Daemon {
             child,
             addr: addr.parse().expect("socket address"),
+            log,
+        }
+    }
+
+    /// Everything logged so far, one line each.
+    pub fn log(&self) -> String {
+        self.log.lock().expect("log lock").join("\n")
+    }
+
+    /// Waits until a logged line contains `needle` and returns that line.
+    pub fn wait_for_line(&self, needle: &str) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(line) = self
+                .log
+                .lock()
+                .expect("log lock")
+                .iter()
+                .find(|line| line.contains(needle))
+            {
+                return line.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line contains {needle:?}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
@@ -527,81 +563,6 @@ pub fn close_handshake(client: &mut Client) {
             Ok(Message::Close(_)) | Err(tungstenite::Error::ConnectionClosed) => return,
             Ok(_) => continue,
             Err(e) => panic!("expected the server's close, got {e}"),
-        }
-    }
-}
-
-/// The real `wshub` binary with its stderr kept line by line, for tests that assert on logs.
-/// No `--log-level` is added: pass one in `args`.
-pub struct LoggedDaemon {
-    pub daemon: Daemon,
-    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl LoggedDaemon {
-    pub fn spawn(args: &[&str]) -> LoggedDaemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wshub"))
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn wshub");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let lines = std::sync::Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let _ = tx.send(
-                        rest.split_whitespace()
-                            .next()
-                            .unwrap_or_default()
-                            .to_owned(),
-                    );
-                }
-                lines.lock().expect("log lock").push(line);
-            }
-        });
-        let addr = rx
-            .recv_timeout(TIMEOUT)
-            .expect("daemon printed its address");
-        let daemon = Daemon {
-            child,
-            addr: addr.parse().expect("socket address"),
-        };
-        LoggedDaemon { daemon, log }
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.daemon.addr
-    }
-
-    /// Everything logged so far, one line each.
-    pub fn log(&self) -> String {
-        self.log.lock().expect("log lock").join("\n")
-    }
-
-    /// Waits until a logged line contains `needle` and returns that line.
-    pub fn wait_for_line(&self, needle: &str) -> String {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            if let Some(line) = self
-                .log
-                .lock()
-                .expect("log lock")
-                .iter()
-                .find(|line| line.contains(needle))
-            {
-                return line.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no log line contains {needle:?}; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
         }
     }
 }
