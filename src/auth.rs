@@ -82,7 +82,8 @@ impl std::error::Error for AuthError {}
 pub struct Identity {
     /// The `sub` claim: the user id that rooms, presence and direct messages are keyed by.
     pub user: String,
-    /// The optional `name` claim, shown to other users instead of the id when present.
+    /// The optional `name` claim (a display name). The protocol identifies users by `sub`
+    /// alone, so the server only logs it.
     pub name: Option<String>,
     /// The optional `rooms` claim; `None` means the token puts no limit on joins.
     pub rooms: Option<RoomRule>,
@@ -141,7 +142,7 @@ struct Claims {
     nbf: Option<f64>,
     /// The user id; required because every connection belongs to a user.
     sub: Option<String>,
-    /// Display name for the chat page and presence.
+    /// The display name claim (logged; users are identified by `sub`).
     name: Option<String>,
     /// Room allowance; absent means unrestricted.
     rooms: Option<RoomRule>,

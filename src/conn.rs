@@ -24,7 +24,6 @@ use crate::timer::TimerId;
 
 /// Close codes of RFC 6455 §7.4.1 that the server sends.
 pub mod close_code {
-    pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
     pub const PROTOCOL_ERROR: u16 = 1002;
     pub const INVALID_PAYLOAD: u16 = 1007;
@@ -129,7 +128,8 @@ pub struct Connection {
     pub timer: Option<(TimerId, Instant)>,
     /// When the current phase began: the handshake and linger deadlines count from here.
     phase_since: Instant,
-    /// Last time any byte arrived: the idle timeout counts from here.
+    /// Last time a whole frame (a message or a control frame) arrived: the idle timeout counts
+    /// from here, so bytes trickling into a frame that never completes do not keep it alive.
     last_input: Instant,
     /// Last time pending output moved (or became pending): the write timeout counts from here.
     last_progress: Instant,
@@ -137,6 +137,9 @@ pub struct Connection {
     write_interest: bool,
     /// The connection is on the loop's list of connections with output to flush.
     pub dirty: bool,
+    /// The last write hit `WouldBlock`: nothing is written until the socket reports WRITABLE,
+    /// so new output does not put it back on the flush list (a write would only fail again).
+    pub blocked: bool,
     /// The peer closed its side (EOF): once output is flushed there is nothing left to do.
     pub peer_closed: bool,
     /// The loop will remove the connection at the end of this turn.
@@ -162,6 +165,7 @@ impl Connection {
             last_progress: now,
             write_interest: false,
             dirty: false,
+            blocked: false,
             peer_closed: false,
             doomed: false,
             read_paused: false,
@@ -174,12 +178,8 @@ impl Connection {
     }
 
     /// One read into `scratch`; `Ok(0)` is end of stream.
-    pub fn read(&mut self, scratch: &mut [u8], now: Instant) -> io::Result<usize> {
-        let n = self.socket.read(scratch)?;
-        if n > 0 {
-            self.last_input = now;
-        }
-        Ok(n)
+    pub fn read(&mut self, scratch: &mut [u8]) -> io::Result<usize> {
+        self.socket.read(scratch)
     }
 
     /// Queues whole frames (or a response) for the socket.
@@ -236,6 +236,7 @@ impl Connection {
         self.output.mark_frame_start();
         self.phase = Phase::Open(session);
         self.phase_since = now;
+        self.last_input = now;
     }
 
     /// Hands WebSocket bytes to the session (`None` unless open); see [`Session::feed`].
@@ -250,9 +251,13 @@ impl Connection {
             return None;
         };
         let was_empty = self.output.is_empty();
+        let received = inbox.len();
         let feed = session.feed(bytes, &mut self.output, config, inbox);
         if was_empty && !self.output.is_empty() {
             self.last_progress = now;
+        }
+        if inbox.len() > received || feed == Feed::Closed {
+            self.last_input = now;
         }
         Some(feed)
     }
@@ -275,6 +280,12 @@ impl Connection {
         frame::encode_close(code, reason, &mut close);
         self.push(&close, now);
         self.begin_closing(now);
+    }
+
+    /// Whether a keep-alive connection is idle between requests (its timeout is an idle close,
+    /// not a failed handshake).
+    pub fn is_between_requests(&self) -> bool {
+        matches!(&self.phase, Phase::Http(reader) if reader.is_between_requests())
     }
 
     /// Whether broadcasts should be queued for this connection.

@@ -17,6 +17,10 @@ use crate::hub::{ConnId, Hub};
 /// short enough that names cannot bloat every message and index entry.
 pub const MAX_ROOM_NAME_BYTES: usize = 128;
 
+/// Most rooms one connection may be in: a join past it is refused, so one client cannot grow
+/// the hub (or the per-connection room list every join and quit searches) without bound.
+pub const MAX_ROOMS_PER_CONNECTION: usize = 100;
+
 /// The `event` of an error reply to a frame whose own event name could not be read.
 const UNREADABLE: &str = "error";
 
@@ -89,6 +93,8 @@ impl Failure {
     const MISSING_DATA: Self = Self::new(400, "data is required");
     const ROOM_AND_TO: Self = Self::new(400, "give room or to, not both");
     const NOT_ALLOWED: Self = Self::new(403, "not allowed to join this room");
+    const TOO_MANY_ROOMS: Self = Self::new(403, "room limit reached: quit a room first");
+    const NOT_VISIBLE: Self = Self::new(403, "not allowed to see this room");
     const NOT_A_MEMBER: Self = Self::new(403, "join the room before sending to it");
     const NOT_CONNECTED: Self = Self::new(403, "connection is not registered");
     const NOT_IN_ROOM: Self = Self::new(404, "not a member of this room");
@@ -374,6 +380,9 @@ fn join(
     if !(ctx.may_join)(&room) {
         return Err(Failure::NOT_ALLOWED);
     }
+    if !hub.is_member(ctx.conn, &room) && hub.rooms_of(ctx.conn) >= MAX_ROOMS_PER_CONNECTION {
+        return Err(Failure::TOO_MANY_ROOMS);
+    }
     let joined = hub.join(ctx.conn, &room).ok_or(Failure::NOT_CONNECTED)?;
     let reply = Reply {
         room: Some(Some(&*room)),
@@ -482,6 +491,10 @@ fn online(
     out: &mut Vec<Delivery>,
 ) -> Result<(), Failure> {
     let room = room_name(request.room)?;
+    if room.as_deref().is_some_and(|room| !(ctx.may_join)(room)) {
+        // A token limited to some rooms does not reveal who is in the others.
+        return Err(Failure::NOT_VISIBLE);
+    }
     let mut users: Vec<&str> = match &room {
         Some(room) => hub.room_users(room).collect(),
         None => hub.users().collect(),
@@ -603,7 +616,7 @@ mod tests {
 
     /// alice on connections 1 and 2 (two tabs), bob on 3, carol on 4.
     fn hub() -> Hub {
-        let mut hub = Hub::new();
+        let mut hub = Hub::default();
         hub.connect(ConnId(1), "alice");
         hub.connect(ConnId(2), "alice");
         hub.connect(ConnId(3), "bob");
@@ -745,6 +758,57 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert_eq!(hub.room_count(), 1);
         assert!(!hub.is_member(ConnId(1), "secret"));
+    }
+
+    #[test]
+    fn online_of_a_room_the_token_excludes_is_403() {
+        let mut hub = hub();
+        send(&mut hub, 3, r#"{"event":"join","room":"secret"}"#);
+        let only_public = |room: &str| room.starts_with("public.");
+        let ctx = Context {
+            conn: ConnId(1),
+            now_ms: NOW,
+            may_join: &only_public,
+            max_message_size: LIMIT,
+        };
+        let mut out = Vec::new();
+        handle(
+            &mut hub,
+            &ctx,
+            r#"{"event":"online","room":"secret"}"#,
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            [to_conn(
+                1,
+                r#"{"event":"online","code":403,"error":"not allowed to see this room"}"#
+            )]
+        );
+    }
+
+    #[test]
+    fn joins_past_the_room_limit_are_refused_but_rejoining_is_fine() {
+        let mut hub = hub();
+        for n in 0..MAX_ROOMS_PER_CONNECTION {
+            let out = send(&mut hub, 1, &format!(r#"{{"event":"join","room":"r{n}"}}"#));
+            assert!(
+                out[0].json.contains(r#""code":0"#),
+                "join {n}: {}",
+                out[0].json
+            );
+        }
+        let refused = send(&mut hub, 1, r#"{"event":"join","room":"one-too-many"}"#);
+        assert_eq!(
+            refused,
+            [to_conn(
+                1,
+                r#"{"event":"join","code":403,"error":"room limit reached: quit a room first"}"#
+            )]
+        );
+        let again = send(&mut hub, 1, r#"{"event":"join","room":"r0"}"#);
+        assert!(again[0].json.contains(r#""code":0"#));
+        assert_eq!(hub.rooms_of(ConnId(1)), MAX_ROOMS_PER_CONNECTION);
     }
 
     #[test]
@@ -1152,7 +1216,7 @@ mod tests {
 
     #[test]
     fn weird_user_and_room_names_are_escaped_in_every_event() {
-        let mut hub = Hub::new();
+        let mut hub = Hub::default();
         let user = "bob \"the\" \\ <b>\n\u{1}ü😀";
         let room_name = "r\"oo/m\t✓";
         hub.connect(ConnId(1), user);

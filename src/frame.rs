@@ -63,7 +63,7 @@ pub fn encoded_len(bytes: &[u8]) -> Option<usize> {
         ),
         short => (2, short as usize),
     };
-    Some(header + payload)
+    payload.checked_add(header)
 }
 
 #[cfg(test)]
@@ -99,6 +99,11 @@ mod tests {
         }
         assert_eq!(encoded_len(&[0x81]), None);
         assert_eq!(encoded_len(&[0x81, 126, 0]), None);
+        assert_eq!(
+            encoded_len(&[0xFF; 10]),
+            None,
+            "a length that overflows is no frame"
+        );
     }
 
     #[test]

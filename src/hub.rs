@@ -148,11 +148,6 @@ struct Room {
 }
 
 impl Hub {
-    /// An empty hub: nobody online, no rooms.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
     /// An empty hub with room for `connections` connections reserved up front, so reaching the
     /// connection limit never reallocates (or holds doubled spare capacity in) the per-connection
     /// indexes.
@@ -281,6 +276,11 @@ impl Hub {
     pub fn is_member(&self, conn: ConnId, room: &str) -> bool {
         self.member(conn)
             .is_some_and(|member| member.slot_in(room).is_some())
+    }
+
+    /// How many rooms `conn` is in.
+    pub fn rooms_of(&self, conn: ConnId) -> usize {
+        self.member(conn).map_or(0, |member| member.rooms.len())
     }
 
     /// The user `conn` speaks for, if it is connected.
@@ -447,7 +447,7 @@ pub(crate) mod tests {
 
     #[test]
     fn two_tabs_share_one_identity() {
-        let mut hub = Hub::new();
+        let mut hub = Hub::default();
         assert!(hub.connect(ConnId(1), "alice"));
         assert!(hub.connect(ConnId(2), "alice"));
         assert_eq!(hub.user_of(ConnId(2)), Some("alice"));
@@ -458,7 +458,7 @@ pub(crate) mod tests {
 
     #[test]
     fn connecting_an_id_twice_is_refused_and_changes_nothing() {
-        let mut hub = Hub::new();
+        let mut hub = Hub::default();
         hub.connect(ConnId(1), "alice");
         let before = hub.clone();
         assert!(!hub.connect(ConnId(1), "bob"));
@@ -467,7 +467,7 @@ pub(crate) mod tests {
 
     #[test]
     fn first_join_of_a_user_is_news_second_tab_is_not() {
-        let mut hub = Hub::new();
+        let mut hub = Hub::default();
         hub.connect(ConnId(1), "alice");
         hub.connect(ConnId(2), "alice");
         hub.connect(ConnId(3), "bob");
@@ -502,7 +502,7 @@ pub(crate) mod tests {
 
     #[test]
     fn joining_twice_is_idempotent() {
-        let mut hub = Hub::new();
+        let mut hub = Hub::default();
         hub.connect(ConnId(1), "alice");
         hub.join(ConnId(1), "lobby");
         let again = hub.join(ConnId(1), "lobby");
@@ -519,16 +519,16 @@ pub(crate) mod tests {
 
     #[test]
     fn unknown_connection_cannot_join_quit_or_disconnect() {
-        let mut hub = Hub::new();
+        let mut hub = Hub::default();
         assert_eq!(hub.join(ConnId(9), "lobby"), None);
         assert_eq!(hub.quit(ConnId(9), "lobby"), None);
         assert_eq!(hub.disconnect(ConnId(9)), None);
-        assert_eq!(hub, Hub::new());
+        assert_eq!(hub, Hub::default());
     }
 
     #[test]
     fn only_the_last_tab_leaving_a_room_is_news() {
-        let mut hub = Hub::new();
+        let mut hub = Hub::default();
         hub.connect(ConnId(1), "alice");
         hub.connect(ConnId(2), "alice");
         hub.join(ConnId(1), "lobby");
@@ -551,7 +551,7 @@ pub(crate) mod tests {
 
     #[test]
     fn quitting_a_room_one_is_not_in_is_none() {
-        let mut hub = Hub::new();
+        let mut hub = Hub::default();
         hub.connect(ConnId(1), "alice");
         hub.connect(ConnId(2), "bob");
         hub.join(ConnId(2), "lobby");
@@ -563,7 +563,7 @@ pub(crate) mod tests {
 
     #[test]
     fn disconnect_reports_rooms_where_it_was_the_users_last_connection() {
-        let mut hub = Hub::new();
+        let mut hub = Hub::default();
         hub.connect(ConnId(1), "alice");
         hub.connect(ConnId(2), "alice");
         hub.connect(ConnId(3), "bob");
@@ -582,17 +582,17 @@ pub(crate) mod tests {
 
     #[test]
     fn last_connection_leaving_takes_user_and_empty_rooms_with_it() {
-        let mut hub = Hub::new();
+        let mut hub = Hub::default();
         hub.connect(ConnId(1), "alice");
         hub.join(ConnId(1), "lobby");
         hub.disconnect(ConnId(1));
-        assert_eq!(hub, Hub::new());
+        assert_eq!(hub, Hub::default());
         assert_eq!((hub.user_count(), hub.room_count()), (0, 0));
     }
 
     #[test]
     fn reused_slab_key_starts_clean() {
-        let mut hub = Hub::new();
+        let mut hub = Hub::default();
         hub.connect(ConnId(1), "alice");
         hub.join(ConnId(1), "lobby");
         hub.disconnect(ConnId(1));
@@ -605,7 +605,7 @@ pub(crate) mod tests {
 
     #[test]
     fn leaving_a_big_room_keeps_every_other_member_findable() {
-        let mut hub = Hub::new();
+        let mut hub = Hub::default();
         for n in 0..100 {
             hub.connect(ConnId(n), &format!("user{n}"));
             hub.join(ConnId(n), "big");
@@ -653,7 +653,7 @@ pub(crate) mod tests {
     #[test]
     fn random_operations_keep_every_index_consistent_with_a_simple_model() {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-        let mut hub = Hub::new();
+        let mut hub = Hub::default();
         let mut model = Model::new();
         for _ in 0..20_000 {
             let conn = ConnId(rng.below(24));
@@ -727,6 +727,6 @@ pub(crate) mod tests {
         for conn in model.keys() {
             hub.disconnect(*conn);
         }
-        assert_eq!(hub, Hub::new());
+        assert_eq!(hub, Hub::default());
     }
 }

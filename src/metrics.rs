@@ -37,7 +37,6 @@ impl HandshakeFailure {
             401 => HandshakeFailure::Unauthorized,
             403 => HandshakeFailure::Forbidden,
             405 => HandshakeFailure::MethodNotAllowed,
-            408 => HandshakeFailure::Timeout,
             426 => HandshakeFailure::UpgradeRequired,
             431 => HandshakeFailure::HeaderTooLarge,
             503 => HandshakeFailure::AtCapacity,

@@ -2,10 +2,10 @@
 //!
 //! wshub keeps its own queue instead of tungstenite's write buffer, which never shrinks and
 //! memmoves its whole content after every partial write. Here a partial write only moves `head`;
-//! the consumed front is dropped in bulk once it is at least half the buffer. A drained queue
-//! keeps a modest allocation while the connection is busy (so a steady stream of messages does
-//! not allocate per write) and gives it back when the loop's liveness check finds the
-//! connection idle, so an idle connection holds no output memory.
+//! the consumed front is dropped in bulk once it is at least half the buffer. Once frames flow, a
+//! drained queue keeps its allocation (so a steady stream of messages does not allocate per
+//! message) until the loop's liveness check calls [`OutputQueue::release`], so a connection that
+//! has gone quiet holds no output memory.
 
 use crate::frame;
 
@@ -13,9 +13,9 @@ use crate::frame;
 /// one (after a burst) is freed at once.
 const RETAIN_CAPACITY: usize = 16 * 1024;
 
-/// A drained queue that never grew past this (one small frame, the `101` response) is freed at
-/// once: it is cheap to allocate again, and most connections are idle most of the time.
-const SMALL_CAPACITY: usize = 256;
+/// The first allocation for frames: a few small messages' worth, so the buffer does not grow by
+/// doubling through tiny sizes on every connection.
+const INITIAL_CAPACITY: usize = 1024;
 
 /// The consumed front is only dropped once it is this large, so compaction is amortised.
 const COMPACT_MIN: usize = 64 * 1024;
@@ -32,6 +32,9 @@ pub struct OutputQueue {
     /// here (only when the queue is compacted or cut), so the queue can always find the boundary
     /// after the frame that is being written.
     anchor: usize,
+    /// Frames follow from `anchor` on ([`OutputQueue::mark_frame_start`] was called). Before
+    /// that the queue holds HTTP responses, which are never walked as frames.
+    framed: bool,
 }
 
 impl OutputQueue {
@@ -44,15 +47,20 @@ impl OutputQueue {
         self.head == self.buf.len()
     }
 
-    /// Appends bytes that form one or more whole frames.
-    pub fn push(&mut self, frames: &[u8]) {
-        self.buf.extend_from_slice(frames);
+    /// Appends bytes that form one or more whole frames (or, before
+    /// [`OutputQueue::mark_frame_start`], an HTTP response).
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.framed && self.buf.capacity() == 0 {
+            self.buf.reserve(bytes.len().max(INITIAL_CAPACITY));
+        }
+        self.buf.extend_from_slice(bytes);
     }
 
     /// Declares that everything queued so far is a preamble (an HTTP response) and frames start
     /// here, so a later cut never parses the preamble as a frame.
     pub fn mark_frame_start(&mut self) {
         self.anchor = self.buf.len();
+        self.framed = true;
     }
 
     /// The next bytes to write, at most `max` of them.
@@ -67,18 +75,24 @@ impl OutputQueue {
         if self.is_empty() {
             self.clear();
         } else if self.head >= COMPACT_MIN && self.head * 2 >= self.buf.len() {
-            self.advance_anchor();
-            let done = self.anchor.min(self.head);
+            let done = if self.framed {
+                self.advance_anchor();
+                self.anchor.min(self.head)
+            } else {
+                self.head
+            };
             self.buf.drain(..done);
             self.head -= done;
-            self.anchor -= done;
+            self.anchor = self.anchor.saturating_sub(done);
         }
     }
 
     /// Drops every queued frame except the one partly written, so a connection that is being
-    /// closed can still receive a well-formed Close frame after it; returns the bytes dropped.
-    pub fn cut_after_current_frame(&mut self) -> usize {
-        let before = self.len();
+    /// closed can still receive a well-formed Close frame after it.
+    pub fn cut_after_current_frame(&mut self) {
+        if !self.framed {
+            return;
+        }
         self.advance_anchor();
         let keep = if self.anchor >= self.head {
             // Either nothing of the current frame is written, or a preamble is still unsent.
@@ -91,7 +105,6 @@ impl OutputQueue {
         if self.is_empty() {
             self.clear();
         }
-        before - self.len()
     }
 
     /// Moves `anchor` over every frame that ends at or before `head`.
@@ -112,8 +125,9 @@ impl OutputQueue {
     }
 
     fn clear(&mut self) {
-        let capacity = self.buf.capacity();
-        if capacity <= SMALL_CAPACITY || capacity > RETAIN_CAPACITY {
+        // HTTP responses and a lone `101` are not worth keeping memory for; frames are.
+        let only_preamble = !self.framed || self.anchor == self.buf.len();
+        if only_preamble || self.buf.capacity() > RETAIN_CAPACITY {
             self.buf = Vec::new();
         } else {
             self.buf.clear();
@@ -136,7 +150,7 @@ mod tests {
 
     #[test]
     fn partial_writes_advance_without_losing_bytes() {
-        let mut queue = OutputQueue::default();
+        let mut queue = framed();
         let a = frame(10, b'a');
         let b = frame(300, b'b');
         queue.push(&a);
@@ -150,31 +164,64 @@ mod tests {
         assert_eq!(written, [a, b].concat());
     }
 
-    #[test]
-    fn drained_queue_releases_large_buffers() {
+    /// A queue past its `101`: what every open WebSocket connection has.
+    fn framed() -> OutputQueue {
         let mut queue = OutputQueue::default();
-        queue.push(&frame(2 * RETAIN_CAPACITY, 1));
-        queue.consume(queue.len());
-        assert_eq!(queue.buf.capacity(), 0);
+        queue.mark_frame_start();
+        queue
+    }
 
+    #[test]
+    fn drained_frames_keep_their_buffer_until_released() {
+        let mut queue = framed();
         queue.push(&frame(10, 1));
         queue.consume(queue.len());
-        assert_eq!(
-            queue.buf.capacity(),
-            0,
-            "a small buffer is not worth keeping"
+        assert!(
+            queue.buf.capacity() >= INITIAL_CAPACITY,
+            "kept for the next message"
         );
-
-        queue.push(&frame(1000, 1));
+        queue.push(&frame(10, 2));
         queue.consume(queue.len());
-        assert!(queue.buf.capacity() > SMALL_CAPACITY && queue.buf.capacity() <= RETAIN_CAPACITY);
         queue.release();
         assert_eq!(queue.buf.capacity(), 0);
     }
 
     #[test]
-    fn compaction_keeps_unsent_bytes_in_order() {
+    fn drained_queue_frees_bursts_and_http_responses_at_once() {
+        let mut queue = framed();
+        queue.push(&frame(2 * RETAIN_CAPACITY, 1));
+        queue.consume(queue.len());
+        assert_eq!(queue.buf.capacity(), 0);
+
+        let mut http = OutputQueue::default();
+        http.push(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        http.consume(http.len());
+        assert_eq!(http.buf.capacity(), 0);
+
+        let mut upgraded = OutputQueue::default();
+        upgraded.push(b"HTTP/1.1 101 Switching Protocols\r\n\r\n");
+        upgraded.mark_frame_start();
+        upgraded.consume(upgraded.len());
+        assert_eq!(upgraded.buf.capacity(), 0, "a lone 101 is not kept");
+    }
+
+    #[test]
+    fn large_http_responses_are_never_walked_as_frames() {
         let mut queue = OutputQueue::default();
+        let body = vec![0xFF; 3 * COMPACT_MIN];
+        queue.push(&body);
+        let mut written = 0;
+        while !queue.is_empty() {
+            let n = queue.front(COMPACT_MIN / 2 + 7).len();
+            queue.consume(n);
+            written += n;
+        }
+        assert_eq!(written, body.len());
+    }
+
+    #[test]
+    fn compaction_keeps_unsent_bytes_in_order() {
+        let mut queue = framed();
         let frames: Vec<Vec<u8>> = (0..40).map(|i| frame(4000, i as u8)).collect();
         for f in &frames {
             queue.push(f);
@@ -192,20 +239,19 @@ mod tests {
 
     #[test]
     fn cut_keeps_the_partly_written_frame_whole() {
-        let mut queue = OutputQueue::default();
+        let mut queue = framed();
         let first = frame(1000, b'x');
         queue.push(&first);
         queue.push(&frame(1000, b'y'));
         queue.push(&frame(1000, b'z'));
         queue.consume(10);
-        let dropped = queue.cut_after_current_frame();
-        assert_eq!(dropped, 2 * first.len());
+        queue.cut_after_current_frame();
         assert_eq!(queue.front(usize::MAX), &first[10..]);
     }
 
     #[test]
     fn cut_at_a_frame_boundary_drops_everything() {
-        let mut queue = OutputQueue::default();
+        let mut queue = framed();
         let first = frame(100, b'x');
         queue.push(&first);
         queue.push(&frame(100, b'y'));
@@ -228,7 +274,7 @@ mod tests {
 
     #[test]
     fn cut_after_compaction_still_finds_the_boundary() {
-        let mut queue = OutputQueue::default();
+        let mut queue = framed();
         let frames: Vec<Vec<u8>> = (0..30).map(|i| frame(5000, i as u8)).collect();
         for f in &frames {
             queue.push(f);

@@ -111,8 +111,11 @@ pub struct Server {
     deliveries: Vec<Delivery>,
     /// The frame being fanned out: encoded once, appended to every recipient.
     frame: Vec<u8>,
-    /// Connections whose read budget ran out with input possibly left: read again next turn.
+    /// Connections whose read budget ran out with input possibly left (or whose reading just
+    /// resumed): read again next turn.
     backlog: Vec<usize>,
+    /// Last turn's `backlog`, being read in this turn.
+    backlog_due: Vec<usize>,
     /// Connections to remove at the end of the turn.
     doomed: Vec<usize>,
     /// Connections written during the current write pass (reused between passes).
@@ -129,6 +132,9 @@ pub struct Server {
     drain_deadline: Option<Instant>,
     /// Accepting is paused until then after the process ran out of file descriptors.
     accept_paused_until: Option<Instant>,
+    /// Most sockets held at once (WebSocket and HTTP): `--max-connections` plus headroom for
+    /// connections still speaking HTTP, so plain HTTP clients cannot exhaust descriptors.
+    connection_cap: usize,
 }
 
 /// The connections and the per-turn lists a fan-out appends to, kept apart from the hub so a
@@ -145,6 +151,10 @@ struct Outputs {
 
 impl Outputs {
     /// Appends `frame` to an open connection's output; false when it does not take messages.
+    ///
+    /// A connection is flagged slow only when it is over `--max-buffered` *and* its socket is
+    /// full: a reader that keeps up but has a backlog because one sender bursted is not slow,
+    /// it is written without the fair-share cap until it catches up (see `flush`).
     fn send(&mut self, key: usize, frame: &[u8], now: Instant) -> bool {
         let Some(conn) = self.conns.get_mut(key) else {
             return false;
@@ -153,26 +163,32 @@ impl Outputs {
             return false;
         }
         conn.push(frame, now);
-        if conn.output.len() > self.max_buffered {
+        if conn.blocked && conn.output.len() > self.max_buffered {
             conn.slow = true;
             self.slow.push(key);
         }
-        if !conn.dirty {
-            conn.dirty = true;
-            self.dirty.push(key);
-        }
+        self.mark_dirty(key);
         true
     }
 
-    /// Queues `key` for writing this turn if it has output.
+    /// Queues `key` for writing this turn if it has output and its socket can take it.
     fn mark_dirty(&mut self, key: usize) {
         if let Some(conn) = self.conns.get_mut(key)
             && !conn.dirty
+            && !conn.blocked
             && !conn.output.is_empty()
         {
             conn.dirty = true;
             self.dirty.push(key);
         }
+    }
+
+    /// The socket reported WRITABLE: a blocked connection may be written again.
+    fn on_writable(&mut self, key: usize) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.blocked = false;
+        }
+        self.mark_dirty(key);
     }
 }
 
@@ -241,6 +257,7 @@ impl Server {
             deliveries: Vec::new(),
             frame: Vec::new(),
             backlog: Vec::new(),
+            backlog_due: Vec::new(),
             doomed: Vec::new(),
             written: Vec::new(),
             fired: Vec::new(),
@@ -249,6 +266,7 @@ impl Server {
             signals: None,
             drain_deadline: None,
             accept_paused_until: None,
+            connection_cap: config.max_connections.saturating_add(HTTP_HEADROOM),
             config,
         })
     }
@@ -308,7 +326,7 @@ impl Server {
                 SHUTDOWN_SIGNAL => self.on_shutdown_signal(),
                 HANGUP_SIGNAL => {
                     if let Some(signals) = &mut self.signals {
-                        signals.drain();
+                        signals.drain_hangup();
                     }
                     info!("SIGHUP received: there is nothing to reload; still running");
                 }
@@ -317,7 +335,7 @@ impl Server {
                         self.on_readable(key);
                     }
                     if event.is_writable() {
-                        self.out.mark_dirty(key);
+                        self.out.on_writable(key);
                     }
                 }
             }
@@ -328,10 +346,12 @@ impl Server {
     /// Everything after the readiness events: backlog reads, timers, slow consumers, writes,
     /// removals.
     fn end_turn(&mut self, events: &mut Events) {
-        for key in std::mem::take(&mut self.backlog) {
+        let mut due = std::mem::take(&mut self.backlog_due);
+        for key in due.drain(..) {
             self.serve_requests(key);
             self.on_readable(key);
         }
+        self.backlog_due = std::mem::replace(&mut self.backlog, due);
         if self
             .accept_paused_until
             .is_some_and(|until| self.now >= until)
@@ -346,7 +366,11 @@ impl Server {
     }
 
     fn poll_timeout(&mut self) -> Option<Duration> {
-        if !self.out.dirty.is_empty() || !self.backlog.is_empty() {
+        if !self.out.dirty.is_empty()
+            || !self.backlog.is_empty()
+            || !self.backlog_due.is_empty()
+            || !self.out.slow.is_empty()
+        {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();
@@ -371,6 +395,12 @@ impl Server {
                 return;
             };
             match listener.accept() {
+                Ok((socket, peer)) if self.out.conns.len() >= self.connection_cap => {
+                    // Every slot is taken (WebSocket connections up to the limit plus HTTP
+                    // headroom): closing at once beats letting the descriptor table fill up.
+                    debug!("{peer}: refused, {} connections open", self.out.conns.len());
+                    drop(socket);
+                }
                 Ok((socket, peer)) => self.add_connection(socket, peer),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e)
@@ -411,10 +441,10 @@ impl Server {
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut budget = MAX_READ_PER_TURN;
         while let Some(conn) = self.out.conns.get_mut(key) {
-            if conn.doomed || conn.peer_closed || conn.read_paused {
+            if conn.doomed || conn.peer_closed || conn.read_paused || conn.slow {
                 break;
             }
-            match conn.read(&mut scratch, self.now) {
+            match conn.read(&mut scratch) {
                 Ok(0) => {
                     self.on_eof(key);
                     break;
@@ -458,7 +488,7 @@ impl Server {
         let Some(feed) = conn.feed(bytes, &self.ws_config, &mut self.inbox, self.now) else {
             return;
         };
-        if conn.output.len() > self.out.max_buffered && !conn.slow {
+        if conn.blocked && conn.output.len() > self.out.max_buffered && !conn.slow {
             // Pongs for a ping flood the client never reads count like any other output.
             conn.slow = true;
             self.out.slow.push(key);
@@ -493,8 +523,13 @@ impl Server {
             Message::Binary(bytes) => (OpCode::Binary, &bytes[..]),
             _ => return,
         };
+        let conn = &mut self.out.conns[key];
+        if !conn.is_open() {
+            // Flagged slow earlier in this read: it is being closed, its requests are moot.
+            return;
+        }
         self.metrics.messages_received += 1;
-        let Phase::Open(session) = &mut self.out.conns[key].phase else {
+        let Phase::Open(session) = &mut conn.phase else {
             return;
         };
         let allowed = session
@@ -614,7 +649,7 @@ impl Server {
             if !self.config.trusted_proxies.is_empty() {
                 conn.client = netaddr::client_addr(
                     conn.peer.ip(),
-                    request.header("x-forwarded-for"),
+                    request.header_list("x-forwarded-for").as_deref(),
                     request.header("x-real-ip"),
                     &self.config.trusted_proxies,
                 );
@@ -854,7 +889,9 @@ impl Server {
                     match expiry {
                         Expiry::Idle => self.close(key, close_code::GOING_AWAY, "idle timeout"),
                         Expiry::Handshake => {
-                            self.metrics.handshake_failed(HandshakeFailure::Timeout);
+                            if !self.out.conns[key].is_between_requests() {
+                                self.metrics.handshake_failed(HandshakeFailure::Timeout);
+                            }
                             self.doom(key);
                         }
                         Expiry::WriteStall | Expiry::Linger => self.doom(key),
@@ -872,7 +909,7 @@ impl Server {
             let Some(conn) = self.out.conns.get_mut(key) else {
                 continue;
             };
-            if conn.doomed || !matches!(conn.phase, Phase::Open(_)) {
+            if conn.doomed || !conn.slow || !matches!(conn.phase, Phase::Open(_)) {
                 continue;
             }
             let pending = conn.output.len();
@@ -913,7 +950,15 @@ impl Server {
                 continue;
             }
             let before = conn.output.len();
-            let result = conn.flush(MAX_WRITE_PER_TURN, self.now);
+            // A backlog past half of --max-buffered on a socket that still takes data is the
+            // server's doing (a sender bursted); let it drain instead of growing into a
+            // slow-consumer disconnect.
+            let share = if before > self.out.max_buffered / 2 {
+                before
+            } else {
+                MAX_WRITE_PER_TURN
+            };
+            let result = conn.flush(share, self.now);
             sent += before - conn.output.len();
             match result {
                 Ok(Flushed::Partial) => written.push(key),
@@ -936,6 +981,7 @@ impl Server {
                 }
                 Ok(Flushed::Blocked) => {
                     conn.dirty = false;
+                    conn.blocked = true;
                     if let Err(e) = conn.want_writable(self.poll.registry(), Token(key), true) {
                         debug!("{}: reregister failed: {e}", conn.client);
                     }
@@ -990,7 +1036,7 @@ impl Server {
 
     fn on_shutdown_signal(&mut self) {
         if let Some(signals) = &mut self.signals {
-            signals.drain();
+            signals.drain_shutdown();
         }
         if self.drain_deadline.is_some() {
             return;

@@ -32,13 +32,21 @@ impl Signals {
         Ok(Signals { shutdown, hangup })
     }
 
-    /// Empties both pipes (a signal may arrive several times) so the next one is seen again.
-    pub fn drain(&mut self) {
-        let mut buf = [0u8; 64];
-        for stream in [&mut self.shutdown, &mut self.hangup] {
-            while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
-        }
+    /// Empties the shutdown pipe (a signal may arrive several times), so the next one is seen.
+    pub fn drain_shutdown(&mut self) {
+        drain(&mut self.shutdown);
     }
+
+    /// Empties the hangup pipe. Each pipe is drained only when its own event fired: draining
+    /// the other could swallow a signal whose (edge-triggered) event is still to come.
+    pub fn drain_hangup(&mut self) {
+        drain(&mut self.hangup);
+    }
+}
+
+fn drain(stream: &mut UnixStream) {
+    let mut buf = [0u8; 64];
+    while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
 }
 
 fn pipe(signals: &[i32]) -> io::Result<UnixStream> {

@@ -190,8 +190,24 @@ fn rooms_claim_limits_which_rooms_may_be_joined() {
             "{reply}"
         );
     }
-    let joined = request_json(&mut carol, r#"{"event":"online","room":"secret"}"#);
-    assert_eq!(joined["data"]["users"], json!([]), "{joined}");
+    let hidden = request_json(&mut carol, r#"{"event":"online","room":"secret"}"#);
+    assert_eq!(
+        hidden["code"],
+        json!(403),
+        "a room outside the claim is not visible: {hidden}"
+    );
+    let mut observer = connect(addr, &format!("/ws?token={}", token_for("observer")));
+    for room in ["secret", "team", "lobby2"] {
+        let online = request_json(
+            &mut observer,
+            &json!({"event": "online", "room": room}).to_string(),
+        );
+        assert_eq!(
+            online["data"]["users"],
+            json!([]),
+            "carol must not be in {room}: {online}"
+        );
+    }
 }
 
 #[test]

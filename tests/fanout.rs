@@ -211,6 +211,33 @@ fn reader_that_pauses_holds_no_one_back_and_then_catches_up_losslessly() {
 }
 
 #[test]
+fn one_senders_burst_past_max_buffered_disconnects_no_reader_that_keeps_up() {
+    // 140 big messages, over 8 MB, in one write: more than --max-buffered (4 MiB by default)
+    // reaches each reader's queue faster than a fair share per turn drains it.
+    const MESSAGES: usize = 140;
+    let addr = start(&["--protocol", "raw"]);
+    let mut readers = open(addr, 3);
+    let mut sender = raw_websocket(addr, "/ws");
+    let mut own = sender.try_clone().expect("clone sender");
+    let burst: Vec<u8> = (0..MESSAGES)
+        .flat_map(|seq| client_frame(0x82, &numbered(seq)))
+        .chain(client_frame(0x81, END))
+        .collect();
+    thread::scope(|scope| {
+        let handles: Vec<_> = readers
+            .iter_mut()
+            .chain(std::iter::once(&mut own))
+            .map(|stream| scope.spawn(move || read_numbered_until_end(stream)))
+            .collect();
+        sender.write_all(&burst).expect("send the burst");
+        for handle in handles {
+            assert_eq!(handle.join().expect("reader thread"), MESSAGES);
+        }
+    });
+    assert_eq!(metric(addr, "wshub_slow_consumer_disconnects_total"), 0);
+}
+
+#[test]
 fn slow_reader_is_disconnected_others_receive_all() {
     const FAST: usize = 100;
     /// Messages the sender may have in flight before it sees its own copy come back.

@@ -289,7 +289,7 @@ const MAX_EVENT: usize = 512;
 
 /// alice on connections 1 and 2, bob on 3, carol on 4; alice and bob in `lobby`.
 fn hub() -> Hub {
-    let mut hub = Hub::new();
+    let mut hub = Hub::default();
     for (conn, user) in [(1, "alice"), (2, "alice"), (3, "bob"), (4, "carol")] {
         hub.connect(ConnId(conn), user);
     }

@@ -7,7 +7,7 @@ pub mod response;
 pub mod route;
 pub mod upgrade;
 
-pub use request::{ParseError, Request};
+pub use request::Request;
 pub use response::Response;
 pub use route::{Route, RouteContext, route};
 pub use upgrade::Upgrade;

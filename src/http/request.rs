@@ -100,6 +100,19 @@ impl Request {
             .map(str::trim)
     }
 
+    /// Every header called `name` joined into one comma-separated list (RFC 9110 §5.3), for
+    /// list headers a client or a proxy chain may send several times.
+    pub fn header_list(&self, name: &str) -> Option<String> {
+        let values: Vec<&str> = self
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .filter_map(|(_, v)| std::str::from_utf8(v).ok())
+            .map(str::trim)
+            .collect();
+        (!values.is_empty()).then(|| values.join(", "))
+    }
+
     /// How many headers are called `name` (duplicated security headers are refused).
     pub fn header_count(&self, name: &str) -> usize {
         self.headers
@@ -169,11 +182,19 @@ pub struct RequestReader {
     /// A parsed head (with its length and body length) waiting for its body; boxed because it
     /// is rare and large, and this reader sits in every connection that is still speaking HTTP.
     head: Option<Box<(Request, usize, usize)>>,
+    /// At least one request was complete (the connection is being kept alive).
+    served: bool,
 }
 
 impl RequestReader {
     pub fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// True on a keep-alive connection that completed a request and has received nothing of
+    /// the next one: timing out then is an idle close, not a failed request.
+    pub fn is_between_requests(&self) -> bool {
+        self.served && self.buf.is_empty()
     }
 
     /// The next complete request and its body, `None` while incomplete, or why the request is
@@ -231,6 +252,7 @@ impl RequestReader {
         let body = self.buf[*head_len..total].to_vec();
         self.buf.drain(..total);
         self.scanned = 0;
+        self.served = true;
         Ok(self.head.take().map(|head| (head.0, body)))
     }
 
@@ -333,6 +355,12 @@ mod tests {
         assert_eq!(request.query_param("missing"), None);
         assert_eq!(request.header("HOST"), Some("example.com"));
         assert!(request.header_has_token("connection", "upgrade"));
+        let proxied = parse(b"GET / HTTP/1.1\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2, 3.3.3.3\r\n\r\n").unwrap().0;
+        assert_eq!(
+            proxied.header_list("x-forwarded-for").as_deref(),
+            Some("1.1.1.1, 2.2.2.2, 3.3.3.3")
+        );
+        assert_eq!(proxied.header_list("x-real-ip"), None);
         assert!(request.keep_alive());
     }
 

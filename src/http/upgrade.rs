@@ -88,7 +88,7 @@ pub fn check(request: &Request, policy: &Policy) -> Result<Upgrade, Response> {
     ) {
         return Err(Response::fatal(403, "origin not allowed\n"));
     }
-    let protocols = offered_protocols(request);
+    let protocols = request.header_list("sec-websocket-protocol");
     let mut subprotocol = protocols
         .as_deref()
         .and_then(auth::select_subprotocol)
@@ -129,17 +129,6 @@ pub fn check(request: &Request, policy: &Policy) -> Result<Upgrade, Response> {
         subprotocol,
         claim,
     })
-}
-
-/// Every `Sec-WebSocket-Protocol` header joined into one list.
-fn offered_protocols(request: &Request) -> Option<String> {
-    let values: Vec<&str> = request
-        .headers
-        .iter()
-        .filter(|(name, _)| name.eq_ignore_ascii_case("sec-websocket-protocol"))
-        .filter_map(|(_, value)| std::str::from_utf8(value).ok())
-        .collect();
-    (!values.is_empty()).then(|| values.join(","))
 }
 
 /// `401` with the reason (never the token) in the body.
