@@ -628,7 +628,13 @@ impl Server {
             }
             let (request, body) = match reader.next(limits) {
                 Ok(Some(request)) => request,
-                Ok(None) => return,
+                Ok(None) => {
+                    if reader.take_continue() {
+                        conn.push(b"HTTP/1.1 100 Continue\r\n\r\n", self.now);
+                        self.out.mark_dirty(key);
+                    }
+                    return;
+                }
                 Err(refused) => {
                     debug!(
                         "{}: request refused with {}: {}",

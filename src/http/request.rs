@@ -184,6 +184,8 @@ pub struct RequestReader {
     head: Option<Box<(Request, usize, usize)>>,
     /// At least one request was complete (the connection is being kept alive).
     served: bool,
+    /// `100 Continue` was already asked for the pending head.
+    continued: bool,
 }
 
 impl RequestReader {
@@ -253,7 +255,20 @@ impl RequestReader {
         self.buf.drain(..total);
         self.scanned = 0;
         self.served = true;
+        self.continued = false;
         Ok(self.head.take().map(|head| (head.0, body)))
+    }
+
+    /// True once when the pending head asked `Expect: 100-continue` and its body has not
+    /// arrived: the client waits for `100 Continue` before sending it (curl does for big POSTs).
+    pub fn take_continue(&mut self) -> bool {
+        let expects = self
+            .head
+            .as_deref()
+            .is_some_and(|(request, _, _)| request.header_has_token("expect", "100-continue"));
+        let send = expects && !self.continued;
+        self.continued |= send;
+        send
     }
 
     /// Bytes received after the last complete request (e.g. the first WebSocket frame that
@@ -435,6 +450,18 @@ mod tests {
         assert_eq!((second.path.as_str(), body.len()), ("/b", 0));
         assert_eq!(reader.next(LIMITS).unwrap(), None);
         assert_eq!(reader.take_rest(), b"\x81");
+    }
+
+    #[test]
+    fn reader_asks_for_the_body_once_when_the_client_expects_100_continue() {
+        let mut reader = RequestReader::default();
+        reader.push(b"POST /a HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n");
+        assert_eq!(reader.next(LIMITS).unwrap(), None);
+        assert!(reader.take_continue());
+        assert!(!reader.take_continue());
+        reader.push(b"ok");
+        assert_eq!(reader.next(LIMITS).unwrap().unwrap().1, b"ok");
+        assert!(!reader.take_continue());
     }
 
     #[test]
