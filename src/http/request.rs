@@ -175,8 +175,12 @@ pub struct Limits {
 /// Accumulates a connection's bytes until a whole request (head and body) is there.
 #[derive(Debug, Default)]
 pub struct RequestReader {
-    /// Bytes received and not yet consumed by a complete request.
+    /// Bytes received; `buf[start..]` is not yet consumed by a complete request.
     buf: Vec<u8>,
+    /// Where the pending request starts. Completed requests only move this; the consumed
+    /// front is dropped once per read (in `push`), so a packet of many pipelined requests is
+    /// not memmoved once per request.
+    start: usize,
     /// How far the search for the end of the head got, so it never rescans.
     scanned: usize,
     /// A parsed head (with its length and body length) waiting for its body; boxed because it
@@ -190,24 +194,27 @@ pub struct RequestReader {
 
 impl RequestReader {
     pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.drain(..self.start);
+        self.start = 0;
         self.buf.extend_from_slice(bytes);
     }
 
     /// True on a keep-alive connection that completed a request and has received nothing of
     /// the next one: timing out then is an idle close, not a failed request.
     pub fn is_between_requests(&self) -> bool {
-        self.served && self.buf.is_empty()
+        self.served && self.buf.len() == self.start
     }
 
     /// The next complete request and its body, `None` while incomplete, or why the request is
     /// refused (400, 411, 413, 431), which ends the connection.
     pub fn next(&mut self, limits: Limits) -> Result<Option<(Request, Vec<u8>)>, Refused> {
+        let pending = &self.buf[self.start..];
         if self.head.is_none() {
-            let end = match head_end(&self.buf, self.scanned) {
+            let end = match head_end(pending, self.scanned) {
                 Ok(end) => end,
                 Err(scanned) => {
                     self.scanned = scanned;
-                    return if self.buf.len() > limits.max_head {
+                    return if pending.len() > limits.max_head {
                         Err(too_large())
                     } else {
                         Ok(None)
@@ -217,7 +224,7 @@ impl RequestReader {
             if end > limits.max_head {
                 return Err(too_large());
             }
-            let (request, head_len) = parse(&self.buf[..end]).map_err(|error| match error {
+            let (request, head_len) = parse(&pending[..end]).map_err(|error| match error {
                 ParseError::TooLarge => too_large(),
                 ParseError::Malformed(why) => Refused {
                     status: 400,
@@ -248,11 +255,15 @@ impl RequestReader {
             return Ok(None);
         };
         let total = head_len + body_len;
-        if self.buf.len() < total {
+        if pending.len() < total {
             return Ok(None);
         }
-        let body = self.buf[*head_len..total].to_vec();
-        self.buf.drain(..total);
+        let body = pending[*head_len..total].to_vec();
+        self.start += total;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
         self.scanned = 0;
         self.served = true;
         self.continued = false;
@@ -274,7 +285,9 @@ impl RequestReader {
     /// Bytes received after the last complete request (e.g. the first WebSocket frame that
     /// arrived in the same packet as the upgrade).
     pub fn take_rest(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.buf)
+        let mut rest = std::mem::take(&mut self.buf);
+        rest.drain(..std::mem::take(&mut self.start));
+        rest
     }
 }
 
