@@ -584,11 +584,25 @@ mod tests {
         true
     }
 
+    fn only_public(room: &str) -> bool {
+        room.starts_with("public.")
+    }
+
     fn send(hub: &mut Hub, conn: usize, text: &str) -> Vec<Delivery> {
+        send_as(hub, conn, &allow_all, text)
+    }
+
+    /// Sends `text` from `conn` holding a token whose `rooms` claim is `may_join`.
+    fn send_as(
+        hub: &mut Hub,
+        conn: usize,
+        may_join: &dyn Fn(&str) -> bool,
+        text: &str,
+    ) -> Vec<Delivery> {
         let ctx = Context {
             conn: ConnId(conn),
             now_ms: NOW,
-            may_join: &allow_all,
+            may_join,
             max_message_size: LIMIT,
         };
         let mut out = Vec::new();
@@ -728,26 +742,18 @@ mod tests {
     #[test]
     fn join_outside_the_allowed_rooms_is_403_and_joins_nothing() {
         let mut hub = hub();
-        let only_public = |room: &str| room.starts_with("public.");
-        let ctx = Context {
-            conn: ConnId(1),
-            now_ms: NOW,
-            may_join: &only_public,
-            max_message_size: LIMIT,
-        };
-        let mut out = Vec::new();
-        handle(
+        let mut out = send_as(
             &mut hub,
-            &ctx,
+            1,
+            &only_public,
             r#"{"event":"join","room":"secret"}"#,
-            &mut out,
         );
-        handle(
+        out.extend(send_as(
             &mut hub,
-            &ctx,
+            1,
+            &only_public,
             r#"{"event":"join","room":"public.a"}"#,
-            &mut out,
-        );
+        ));
         assert_eq!(
             out[0],
             to_conn(
@@ -764,22 +770,13 @@ mod tests {
     fn online_of_a_room_the_token_excludes_is_403() {
         let mut hub = hub();
         send(&mut hub, 3, r#"{"event":"join","room":"secret"}"#);
-        let only_public = |room: &str| room.starts_with("public.");
-        let ctx = Context {
-            conn: ConnId(1),
-            now_ms: NOW,
-            may_join: &only_public,
-            max_message_size: LIMIT,
-        };
-        let mut out = Vec::new();
-        handle(
-            &mut hub,
-            &ctx,
-            r#"{"event":"online","room":"secret"}"#,
-            &mut out,
-        );
         assert_eq!(
-            out,
+            send_as(
+                &mut hub,
+                1,
+                &only_public,
+                r#"{"event":"online","room":"secret"}"#
+            ),
             [to_conn(
                 1,
                 r#"{"event":"online","code":403,"error":"not allowed to see this room"}"#

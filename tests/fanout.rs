@@ -177,6 +177,35 @@ fn thousand_clients_each_receive_every_broadcast_in_order() {
     );
 }
 
+/// `messages` numbered messages then [`END`], written by `send` on a new sender connection:
+/// asserts that `readers` and the sender itself each receive all of them, in order. Returns
+/// the sender, still connected.
+fn everyone_receives_all(
+    addr: SocketAddr,
+    readers: &mut [TcpStream],
+    messages: usize,
+    send: impl FnOnce(&mut TcpStream, Vec<u8>),
+) -> TcpStream {
+    let mut sender = raw_websocket(addr, "/ws");
+    let mut own = sender.try_clone().expect("clone sender");
+    let frames: Vec<u8> = (0..messages)
+        .flat_map(|seq| client_frame(0x82, &numbered(seq)))
+        .chain(client_frame(0x81, END))
+        .collect();
+    thread::scope(|scope| {
+        let handles: Vec<_> = readers
+            .iter_mut()
+            .chain(std::iter::once(&mut own))
+            .map(|stream| scope.spawn(move || read_numbered_until_end(stream)))
+            .collect();
+        send(&mut sender, frames);
+        for handle in handles {
+            assert_eq!(handle.join().expect("reader thread"), messages);
+        }
+    });
+    sender
+}
+
 #[test]
 fn reader_that_pauses_holds_no_one_back_and_then_catches_up_losslessly() {
     const MESSAGES: usize = 100;
@@ -184,24 +213,11 @@ fn reader_that_pauses_holds_no_one_back_and_then_catches_up_losslessly() {
     let addr = start(&["--protocol", "raw", "--max-buffered", "8MiB"]);
     let mut paused = raw_websocket(addr, "/ws");
     let mut readers = open(addr, 3);
-    let mut sender = raw_websocket(addr, "/ws");
-    let mut own = sender.try_clone().expect("clone sender");
-    thread::scope(|scope| {
-        let handles: Vec<_> = readers
-            .iter_mut()
-            .chain(std::iter::once(&mut own))
-            .map(|stream| scope.spawn(move || read_numbered_until_end(stream)))
-            .collect();
-        for seq in 0..MESSAGES {
-            sender
-                .write_all(&client_frame(0x82, &numbered(seq)))
-                .expect("send");
-        }
-        sender
-            .write_all(&client_frame(0x81, END))
-            .expect("send end");
-        for handle in handles {
-            assert_eq!(handle.join().expect("reader thread"), MESSAGES);
+    let _sender = everyone_receives_all(addr, &mut readers, MESSAGES, |sender, frames| {
+        // One message at a time, as a steady sender would.
+        let one = client_frame(0x82, &numbered(0)).len();
+        for chunk in frames.chunks(one) {
+            sender.write_all(chunk).expect("send");
         }
     });
     // Over 6 MB went out while one client read nothing: more than the kernel buffers for it.
@@ -214,25 +230,10 @@ fn reader_that_pauses_holds_no_one_back_and_then_catches_up_losslessly() {
 fn one_senders_burst_past_max_buffered_disconnects_no_reader_that_keeps_up() {
     // 140 big messages, over 8 MB, in one write: more than --max-buffered (4 MiB by default)
     // reaches each reader's queue faster than a fair share per turn drains it.
-    const MESSAGES: usize = 140;
     let addr = start(&["--protocol", "raw"]);
     let mut readers = open(addr, 3);
-    let mut sender = raw_websocket(addr, "/ws");
-    let mut own = sender.try_clone().expect("clone sender");
-    let burst: Vec<u8> = (0..MESSAGES)
-        .flat_map(|seq| client_frame(0x82, &numbered(seq)))
-        .chain(client_frame(0x81, END))
-        .collect();
-    thread::scope(|scope| {
-        let handles: Vec<_> = readers
-            .iter_mut()
-            .chain(std::iter::once(&mut own))
-            .map(|stream| scope.spawn(move || read_numbered_until_end(stream)))
-            .collect();
+    everyone_receives_all(addr, &mut readers, 140, |sender, burst| {
         sender.write_all(&burst).expect("send the burst");
-        for handle in handles {
-            assert_eq!(handle.join().expect("reader thread"), MESSAGES);
-        }
     });
     assert_eq!(metric(addr, "wshub_slow_consumer_disconnects_total"), 0);
 }
