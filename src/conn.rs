@@ -298,36 +298,29 @@ impl Connection {
         // Checks come at most every ping interval: a good moment to give back the memory of a
         // queue that is empty now.
         self.output.release();
-        let stall_deadline = (!self.output.is_empty()).then(|| self.last_progress + timeouts.write);
-        if stall_deadline.is_some_and(|deadline| now >= deadline) {
+        if !self.output.is_empty() && now >= self.last_progress + timeouts.write {
             return Due::Expired(Expiry::WriteStall);
         }
-        let (deadline, expiry) = match &mut self.phase {
-            Phase::Http(_) => (self.phase_since + timeouts.handshake, Expiry::Handshake),
-            Phase::Closing => (self.phase_since + timeouts.write, Expiry::Linger),
-            Phase::Open(session) => {
-                let idle_deadline = self.last_input + timeouts.idle;
-                if now >= idle_deadline {
-                    return Due::Expired(Expiry::Idle);
-                }
-                let ping = now >= session.next_ping;
-                if ping {
-                    session.next_ping = now + timeouts.ping_interval;
-                }
-                let at = idle_deadline.min(session.next_ping);
-                return Due::Later {
-                    at: stall_deadline.map_or(at, |stall| stall.min(at)),
-                    ping,
-                };
+        let expired = match &self.phase {
+            Phase::Http(_) => {
+                (now >= self.phase_since + timeouts.handshake).then_some(Expiry::Handshake)
             }
+            Phase::Closing => (now >= self.phase_since + timeouts.write).then_some(Expiry::Linger),
+            Phase::Open(_) => (now >= self.last_input + timeouts.idle).then_some(Expiry::Idle),
         };
-        if now >= deadline {
-            Due::Expired(expiry)
-        } else {
-            Due::Later {
-                at: stall_deadline.map_or(deadline, |stall| stall.min(deadline)),
-                ping: false,
-            }
+        if let Some(expiry) = expired {
+            return Due::Expired(expiry);
+        }
+        let mut ping = false;
+        if let Phase::Open(session) = &mut self.phase
+            && now >= session.next_ping
+        {
+            session.next_ping = now + timeouts.ping_interval;
+            ping = true;
+        }
+        Due::Later {
+            at: self.earliest_deadline(timeouts),
+            ping,
         }
     }
 
