@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
-use crate::hub::{ConnId, Hub};
+use crate::hub::{ConnId, Hub, Target};
 
 /// Longest accepted room name, in bytes: long enough for any sensible name or path-like key,
 /// short enough that names cannot bloat every message and index entry.
@@ -23,40 +23,6 @@ pub const MAX_ROOMS_PER_CONNECTION: usize = 100;
 
 /// The `event` of an error reply to a frame whose own event name could not be read.
 const UNREADABLE: &str = "error";
-
-/// Who must receive a [`Delivery`]; resolved against the hub by the loop, so a room fan-out
-/// never copies its member list.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Target {
-    /// One connection: the sender of the request being answered.
-    Conn(ConnId),
-    /// Every member of a room.
-    Room(String),
-    /// Every member of a room but one: a presence join goes to the others, not the joiner.
-    RoomExcept(String, ConnId),
-    /// Every connection of one user.
-    User(String),
-    /// Every connected client.
-    All,
-}
-
-impl Target {
-    /// The connections this target names in `hub` right now, without allocating.
-    pub fn recipients<'h>(&self, hub: &'h Hub) -> impl Iterator<Item = ConnId> + use<'h> {
-        let (single, many, except): (Option<ConnId>, &'h [ConnId], Option<ConnId>) = match self {
-            Target::Conn(conn) => (Some(*conn), &[], None),
-            Target::Room(room) => (None, hub.room_members(room), None),
-            Target::RoomExcept(room, conn) => (None, hub.room_members(room), Some(*conn)),
-            Target::User(user) => (None, hub.user_connections(user), None),
-            Target::All => (None, hub.connections(), None),
-        };
-        single.into_iter().chain(
-            many.iter()
-                .copied()
-                .filter(move |conn| Some(*conn) != except),
-        )
-    }
-}
 
 /// One outgoing event and who gets it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -48,7 +48,7 @@ pub struct Departure {
 pub struct Hub {
     /// Per-connection state indexed by the slab key the loop hands in with every call: slab keys
     /// are dense, so a vector costs no hashing and no spare buckets per connection.
-    connections: Vec<Option<Connection>>,
+    connections: Vec<Option<Place>>,
     /// Every connection once, so "send to everyone" walks a slice instead of a map.
     all: Vec<ConnId>,
     /// Each online user's connections (tabs), so a direct message reaches all of them; a user
@@ -58,9 +58,44 @@ pub struct Hub {
     rooms: HashMap<Rc<str>, Room>,
 }
 
+/// Who a message is for: resolved against the hub by the loop at fan-out time, so a room
+/// fan-out never copies its member list. Every fan-out (raw, echo, events, presence, the publish
+/// API) names its recipients this way.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// One connection: the sender of a request being answered, or of a message echoed back.
+    Conn(ConnId),
+    /// Every member of a room.
+    Room(String),
+    /// Every member of a room but one: a presence join goes to the others, not the joiner.
+    RoomExcept(String, ConnId),
+    /// Every connection of one user.
+    User(String),
+    /// Every connected client.
+    All,
+}
+
+impl Target {
+    /// The connections this target names in `hub` right now, without allocating.
+    pub fn recipients<'h>(&self, hub: &'h Hub) -> impl Iterator<Item = ConnId> + use<'h> {
+        let (single, many, except): (Option<ConnId>, &'h [ConnId], Option<ConnId>) = match self {
+            Target::Conn(conn) => (Some(*conn), &[], None),
+            Target::Room(room) => (None, hub.room_members(room), None),
+            Target::RoomExcept(room, conn) => (None, hub.room_members(room), Some(*conn)),
+            Target::User(user) => (None, hub.user_connections(user), None),
+            Target::All => (None, hub.connections(), None),
+        };
+        single.into_iter().chain(
+            many.iter()
+                .copied()
+                .filter(move |conn| Some(*conn) != except),
+        )
+    }
+}
+
 /// One connection's place in the hub's indexes.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Connection {
+struct Place {
     /// The identity this socket speaks for; shared with the indexes so a tab copies no name.
     user: Rc<str>,
     /// This connection's index in its user's connection list, so a disconnect removes it with
@@ -74,7 +109,7 @@ struct Connection {
     rooms: Vec<(Rc<str>, usize)>,
 }
 
-impl Connection {
+impl Place {
     /// This connection's index in `room`'s member list, if it is a member.
     fn slot_in(&self, room: &str) -> Option<usize> {
         self.rooms
@@ -160,11 +195,11 @@ impl Hub {
         }
     }
 
-    fn member(&self, conn: ConnId) -> Option<&Connection> {
+    fn member(&self, conn: ConnId) -> Option<&Place> {
         self.connections.get(conn.0).and_then(Option::as_ref)
     }
 
-    fn member_mut(&mut self, conn: ConnId) -> Option<&mut Connection> {
+    fn member_mut(&mut self, conn: ConnId) -> Option<&mut Place> {
         self.connections.get_mut(conn.0).and_then(Option::as_mut)
     }
 
@@ -191,7 +226,7 @@ impl Hub {
         if self.connections.len() <= conn.0 {
             self.connections.resize_with(conn.0 + 1, || None);
         }
-        self.connections[conn.0] = Some(Connection {
+        self.connections[conn.0] = Some(Place {
             user,
             user_slot,
             all_slot,

@@ -23,11 +23,11 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use wshub::assets::Assets;
 use wshub::auth::JwtVerifier;
-use wshub::events::{self, Context, Delivery, Target};
+use wshub::events::{self, Context, Delivery};
 use wshub::http::request::{Limits, RequestReader};
 use wshub::http::upgrade::Policy;
 use wshub::http::{Request, Route, RouteContext, route};
-use wshub::hub::{ConnId, Hub};
+use wshub::hub::{ConnId, Hub, Target};
 
 /// `cases` per property, or `PROPTEST_CASES` from the environment for a longer local soak.
 fn config(cases: u32) -> ProptestConfig {
