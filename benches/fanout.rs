@@ -8,7 +8,9 @@
 //! - `server`: starting wshub on a free port, pinned to its own core, and stopping it.
 //! - `load`: the client event loop and its phases: connect, publish, drain.
 //! - `conn`: one client connection; the only code that touches a client socket.
-//! - `handshake`, `frame`: the WebSocket upgrade and frames, client side, without I/O.
+//! - `handshake`, `frame`: the WebSocket upgrade response and server frames, parsed without I/O.
+//! - `wire`: the upgrade request and masked client frames, shared with the tests
+//!   (`tests/common/wire.rs`).
 //! - `message`: the stamped payload (send time and publisher in ASCII).
 //! - `tally`: deliveries, latency histogram, publishers' windows.
 //! - `os`: open-file limit, CPU affinity, another process's CPU time and RSS.
@@ -39,6 +41,8 @@ mod report;
 mod server;
 #[path = "fanout/tally.rs"]
 mod tally;
+#[path = "../tests/common/wire.rs"]
+mod wire;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};

@@ -13,11 +13,15 @@ use socket2::{Domain, Socket, Type};
 use crate::frame::{self, Decoded, Opcode};
 use crate::handshake::{self, Response};
 use crate::tally::Tally;
+use crate::wire;
 
 /// The least free space a read gets; the shared buffer grows to fit a frame that needs more.
 const MIN_READ: usize = 64 * 1024;
 /// Servers ignore the mask's value; pongs are rare enough not to need fresh keys.
 const PONG_MASK: [u8; 4] = [0x5A, 0xC3, 0x96, 0x0F];
+/// First bytes (FIN and opcode) of the frames the harness sends.
+const TEXT: u8 = 0x81;
+const PONG: u8 = 0x8A;
 
 /// State every client's input goes through. One per harness: with 19 000 clients a read buffer
 /// each would cost gigabytes, so input is read into one big buffer and only the unfinished tail of
@@ -153,7 +157,7 @@ impl Conn {
 
     /// Queues one text message as a masked frame; [`Conn::flush`] sends it.
     pub fn queue_text(&mut self, message: &[u8], mask: [u8; 4]) {
-        frame::encode_masked(&mut self.pending_output, Opcode::Text, message, mask);
+        wire::encode_masked(TEXT, message, mask, &mut self.pending_output);
     }
 
     /// Writes pending output until done or `WouldBlock`.
@@ -239,11 +243,11 @@ impl Conn {
                             self.on_data(frame.payload, frame.fin, now_ns, tally);
                         }
                         Opcode::Ping => {
-                            frame::encode_masked(
-                                &mut self.pending_output,
-                                Opcode::Pong,
+                            wire::encode_masked(
+                                PONG,
                                 frame.payload,
                                 PONG_MASK,
+                                &mut self.pending_output,
                             );
                         }
                         Opcode::Pong => {}

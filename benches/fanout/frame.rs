@@ -1,5 +1,5 @@
 //! WebSocket frames as a client sees them (RFC 6455 §5): decoding the server's unmasked frames
-//! in place, without allocating, and encoding masked client frames.
+//! in place, without allocating. Client frames are encoded by `wire::encode_masked`.
 
 use std::fmt;
 
@@ -27,17 +27,6 @@ impl Opcode {
             0xA => Self::Pong,
             _ => return None,
         })
-    }
-
-    fn bits(self) -> u8 {
-        match self {
-            Self::Continuation => 0x0,
-            Self::Text => 0x1,
-            Self::Binary => 0x2,
-            Self::Close => 0x8,
-            Self::Ping => 0x9,
-            Self::Pong => 0xA,
-        }
     }
 }
 
@@ -116,27 +105,4 @@ pub fn decode(input: &[u8]) -> Result<Decoded<'_>, FrameError> {
         },
         len,
     })
-}
-
-/// Appends one final, masked client frame to `out`.
-pub fn encode_masked(out: &mut Vec<u8>, opcode: Opcode, payload: &[u8], mask: [u8; 4]) {
-    out.push(0x80 | opcode.bits());
-    match payload.len() {
-        len @ 0..=125 => out.push(0x80 | len as u8),
-        len @ 126..=0xFFFF => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        len => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(
-        payload
-            .iter()
-            .zip(mask.iter().cycle())
-            .map(|(byte, key)| byte ^ key),
-    );
 }

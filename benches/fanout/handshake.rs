@@ -1,5 +1,5 @@
-//! The client side of the WebSocket upgrade (RFC 6455 §4.1): one fixed request, and a response
-//! parsed with `httparse` in two phases (incomplete, then complete).
+//! The client side of the WebSocket upgrade (RFC 6455 §4.1): the response, parsed with
+//! `httparse` in two phases (incomplete, then complete). The request is `wire::upgrade_request`.
 
 use std::fmt;
 
@@ -7,18 +7,6 @@ use std::fmt;
 const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 /// Headers a 101 answer may carry; more than this makes `httparse` fail.
 const MAX_HEADERS: usize = 32;
-/// Any valid key will do: the harness does not check `Sec-WebSocket-Accept`, since a server that
-/// answers 101 and then speaks frames is all a load generator needs.
-const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
-
-/// The upgrade request every client sends.
-pub fn request(host: &str, path: &str) -> Vec<u8> {
-    format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    .into_bytes()
-}
 
 pub enum Response {
     /// The head has not fully arrived yet.

@@ -9,9 +9,9 @@ use mio::{Events, Poll, Token};
 
 use crate::config::{Config, WsUrl};
 use crate::conn::{Closed, Conn, Inbox};
-use crate::handshake;
 use crate::message::{self, Stamp};
 use crate::tally::Tally;
+use crate::wire;
 
 /// Connects in flight at once: under the accept backlog of a listener made by mio's or std's
 /// `bind` (128), so no SYN is dropped and retried a second later.
@@ -102,7 +102,7 @@ impl Load {
             connecting: 0,
             next_publisher: 0,
             inbox: Inbox::new(clock, Tally::new(config.publishers, config.size)),
-            upgrade_request: handshake::request(&url.host, &url.path),
+            upgrade_request: wire::upgrade_request(&url.host, &url.path, "").into_bytes(),
             target: url.address,
             message: message::template(config.size),
             mask_state: MASK_SEED,

@@ -3,6 +3,8 @@
 //! Each test binary includes this module and uses only part of it.
 #![allow(dead_code)]
 
+pub mod wire;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -235,28 +237,13 @@ pub fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
 
 /// A valid upgrade request head for `path` on `addr`, with `extra` header lines.
 pub fn upgrade_request(addr: SocketAddr, path: &str, extra: &str) -> String {
-    format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
-    )
+    wire::upgrade_request(&addr.to_string(), path, extra)
 }
 
 /// A masked client frame with `first` as the first byte (FIN, RSV and opcode).
 pub fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x37, 0xfa, 0x21, 0x3d];
-    let mut out = vec![first];
-    match payload.len() {
-        len @ 0..=125 => out.push(0x80 | len as u8),
-        len @ 126..=65535 => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        len => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    let mut out = Vec::with_capacity(14 + payload.len());
+    wire::encode_masked(first, payload, [0x37, 0xfa, 0x21, 0x3d], &mut out);
     out
 }
 
