@@ -7,6 +7,22 @@
 /// The longest header a server frame can have: 2 bytes plus a 64-bit length.
 pub const MAX_HEADER_LEN: usize = 10;
 
+/// The server's heartbeat: a final Ping with no payload, the same two bytes for everyone.
+pub const PING: [u8; 2] = [FIN | OpCode::Ping as u8, 0];
+
+/// The FIN bit: every server frame is a whole message.
+const FIN: u8 = 0x80;
+
+/// Close codes of RFC 6455 §7.4.1 that the server sends.
+pub mod close_code {
+    pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    pub const POLICY_VIOLATION: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+    pub const INTERNAL_ERROR: u16 = 1011;
+}
+
 /// Frame opcodes the server sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -19,7 +35,6 @@ pub enum OpCode {
 
 /// Appends one complete, final, unmasked frame carrying `payload` to `out`.
 pub fn encode(opcode: OpCode, payload: &[u8], out: &mut Vec<u8>) {
-    const FIN: u8 = 0x80;
     out.reserve(MAX_HEADER_LEN + payload.len());
     out.push(FIN | opcode as u8);
     let len = payload.len();
@@ -89,6 +104,11 @@ mod tests {
             &encoded(OpCode::Binary, 65536)[..10],
             &[0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0]
         );
+    }
+
+    #[test]
+    fn ping_is_an_empty_final_ping() {
+        assert_eq!(PING.to_vec(), encoded(OpCode::Ping, 0));
     }
 
     #[test]

@@ -3,9 +3,11 @@
 //! # Layout
 //!
 //! The shell (touches sockets, owns time):
-//! - [`server`]: the event loop: accept, read, dispatch, timers, flush, reap, shutdown.
-//! - [`conn`]: one connection's socket, phase (HTTP, open, closing) and liveness; the only
-//!   module that reads or writes a socket.
+//! - [`server`]: the event loop and its turn, one file per concern (accept and reap, input,
+//!   HTTP, WebSocket dispatch, fan-out, the connection table, the write pass, liveness,
+//!   shutdown).
+//! - [`conn`]: one connection's socket, its phase and write state machines, and liveness; the
+//!   only module that reads or writes a client socket.
 //! - [`signals`]: SIGINT/SIGTERM/SIGHUP delivered to the loop through socket pairs.
 //!
 //! The core (plain data, no mio, time passed in):
@@ -13,6 +15,8 @@
 //! - [`hub`]: rooms, users and their connections.
 //! - [`auth`]: JWT verification, token carriers, the `rooms` claim, the API key check.
 //! - [`netaddr`]: CIDRs and the client address behind trusted proxies.
+//! - [`session`]: an open connection's WebSocket side: tungstenite over bytes, its budget and
+//!   `rooms` claim.
 //! - [`events`]: the JSON `events` protocol on top of the hub.
 //! - [`frame`]: server frames, encoded once per fan-out.
 //! - [`outbuf`]: a connection's pending output.
@@ -35,6 +39,7 @@ pub mod netaddr;
 pub mod outbuf;
 pub mod ratelimit;
 pub mod server;
+pub mod session;
 pub mod signals;
 pub mod timer;
 pub mod units;

@@ -18,7 +18,7 @@
 //! [`Connection::check`] what is due, so nothing is re-armed per frame.
 
 use std::io::{self, Read};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::Instant;
 
 use mio::net::TcpStream;
@@ -37,8 +37,8 @@ mod tests;
 mod write;
 
 pub use liveness::{Due, Expiry, Timeouts};
-pub use write::{Drained, Flushed};
 use write::Write;
+pub use write::{Drained, Flushed};
 
 /// Where a connection is in its life.
 pub enum Phase {
@@ -71,8 +71,9 @@ pub enum Phase {
 pub struct Connection {
     /// The socket; nothing outside this module reads or writes it.
     socket: TcpStream,
-    /// The socket's peer: the client, or a proxy in front of it.
-    pub peer: SocketAddr,
+    /// The socket's peer address: the client, or a proxy in front of it. Its port is never
+    /// used, so it is not kept.
+    pub peer: IpAddr,
     /// The client's address as far as it can be trusted: the peer, or what a `--trusted-proxy`
     /// peer reports in X-Forwarded-For / X-Real-IP. Shown in logs.
     pub client: IpAddr,
@@ -98,11 +99,11 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(socket: TcpStream, peer: SocketAddr, now: Instant) -> Connection {
+    pub fn new(socket: TcpStream, peer: IpAddr, now: Instant) -> Connection {
         Connection {
             socket,
             peer,
-            client: peer.ip(),
+            client: peer,
             phase: Phase::Http {
                 reader: RequestReader::default(),
                 paused: false,

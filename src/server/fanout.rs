@@ -1,0 +1,39 @@
+//! The one fan-out path: a [`Target`], an opcode and a payload become one frame, appended to the
+//! output of every recipient the hub names. Raw broadcasts, echoes, `events` replies and
+//! presence, and `/api/publish` all go through [`Server::fan_out`].
+//!
+//! Must not write a socket (the write pass does) and must not change the hub while its
+//! recipients are walked: a recipient that falls behind is only flagged `Lagging`.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::Server;
+use crate::events::Delivery;
+use crate::frame::OpCode;
+use crate::hub::Target;
+
+impl Server {
+    /// Frames `payload` once and queues it to every recipient of `target`; returns how many
+    /// took it.
+    pub(super) fn fan_out(&mut self, target: &Target, opcode: OpCode, payload: &[u8]) -> u64 {
+        let delivered = self
+            .table
+            .fan_out(target.recipients(&self.hub), opcode, payload, self.now);
+        self.metrics.messages_delivered += delivered;
+        delivered
+    }
+
+    /// Fans out every delivery the `events` core produced, in order.
+    pub(super) fn deliver(&mut self, deliveries: &mut Vec<Delivery>) {
+        for delivery in deliveries.drain(..) {
+            self.fan_out(&delivery.target, OpCode::Text, delivery.json.as_bytes());
+        }
+    }
+}
+
+/// Unix time in milliseconds, the `ts` of relayed events.
+pub(super) fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

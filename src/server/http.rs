@@ -1,0 +1,248 @@
+//! HTTP serving: every complete request a connection holds is routed (`crate::http::route`
+//! decides) and answered — the page, `/healthz`, `/metrics`, the API — or upgraded to WebSocket.
+//!
+//! Owns executing what the router decided: the API calls, the upgrade (the `101`, the hub, the
+//! session) and refused-upgrade accounting. Must not parse or decide anything the core
+//! `crate::http` modules do, and must not answer a client that does not read its answers (the
+//! connection pauses instead).
+
+use std::time::SystemTime;
+
+use log::{debug, warn};
+
+use super::Server;
+use super::fanout::unix_ms;
+use crate::events;
+use crate::frame::OpCode;
+use crate::http::request::Limits;
+use crate::http::route::{self, json_error};
+use crate::http::upgrade::{Claim, Policy, switching_protocols};
+use crate::http::{Response, Route, RouteContext, Upgrade};
+use crate::hub::ConnId;
+use crate::metrics::{Gauges, HandshakeFailure};
+use crate::netaddr;
+use crate::ratelimit::TokenBucket;
+use crate::session::Session;
+
+/// The interim answer to `Expect: 100-continue`: the client sends the body once it sees it.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+impl Server {
+    /// Answers every complete request buffered on an HTTP connection.
+    pub(super) fn serve_requests(&mut self, id: ConnId) {
+        let limits = Limits {
+            max_head: self.config.max_header_bytes,
+            max_body: self.config.max_message_size,
+        };
+        loop {
+            let Some(conn) = self.table.get_mut(id) else {
+                return;
+            };
+            if conn.pending() > self.config.max_buffered {
+                // A client pipelining requests without reading the answers: stop answering and
+                // reading until its output drains (the write pass resumes it).
+                conn.pause_reading();
+                return;
+            }
+            let Some(reader) = conn.requests() else {
+                return;
+            };
+            let (request, body) = match reader.next(limits) {
+                Ok(Some(request)) => request,
+                Ok(None) => {
+                    if reader.take_continue() {
+                        self.table.push(id, CONTINUE, self.now);
+                    }
+                    return;
+                }
+                Err(refused) => {
+                    debug!(
+                        "{}: request refused with {}: {}",
+                        conn.client, refused.status, refused.why
+                    );
+                    if refused
+                        .path
+                        .as_deref()
+                        .is_none_or(|path| path == self.config.ws_path)
+                    {
+                        self.metrics
+                            .handshake_failed(HandshakeFailure::from_status(refused.status));
+                    }
+                    self.respond(id, &route::refusal(&refused), true);
+                    return;
+                }
+            };
+            if !self.config.trusted_proxies.is_empty() {
+                conn.client = netaddr::client_addr(
+                    conn.peer,
+                    request.header_list("x-forwarded-for").as_deref(),
+                    request.header("x-real-ip"),
+                    &self.config.trusted_proxies,
+                );
+            }
+            let ctx = RouteContext {
+                ws_path: &self.config.ws_path,
+                policy: Policy {
+                    allow_origins: &self.config.allow_origins,
+                    verifier: self.verifier.as_ref(),
+                    now: SystemTime::now(),
+                },
+                assets: &self.assets,
+                at_capacity: self.hub.connection_count() >= self.config.max_connections,
+                api_key: self.config.api_key.as_deref(),
+            };
+            let response = match route::route(&request, &ctx) {
+                Route::Upgrade(upgrade) => {
+                    self.upgrade(id, upgrade);
+                    return;
+                }
+                Route::ApiOnline { room } => self.api_online(room.as_deref()),
+                Route::ApiPublish => self.api_publish(&body),
+                Route::Metrics => Response::new(
+                    200,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    self.render_metrics().into_bytes(),
+                ),
+                Route::Respond(response) => {
+                    if request.path == self.config.ws_path {
+                        self.upgrade_refused(id, &response);
+                    }
+                    response
+                }
+            };
+            let response = if request.keep_alive() {
+                response
+            } else {
+                response.closing()
+            };
+            self.respond(id, &response, request.method != "HEAD");
+            if response.close {
+                return;
+            }
+        }
+    }
+
+    /// Counts a refused upgrade by reason and logs why (auth failures at warn: an operator
+    /// wants to see those; the body holds the reason, never the token).
+    fn upgrade_refused(&mut self, id: ConnId, response: &Response) {
+        let Some(conn) = self.table.get_mut(id) else {
+            return;
+        };
+        let why = String::from_utf8_lossy(&response.body);
+        if response.status == 401 {
+            warn!("{}: upgrade refused: {}", conn.client, why.trim());
+        } else {
+            debug!(
+                "{}: upgrade refused with {}: {}",
+                conn.client,
+                response.status,
+                why.trim()
+            );
+        }
+        self.metrics
+            .handshake_failed(HandshakeFailure::from_status(response.status));
+    }
+
+    /// `GET /api/online`: who is online, in a room or anywhere.
+    fn api_online(&self, room: Option<&str>) -> Response {
+        let (mut users, connections): (Vec<&str>, usize) = match room {
+            Some(room) => (
+                self.hub.room_users(room).collect(),
+                self.hub.room_members(room).len(),
+            ),
+            None => (self.hub.users().collect(), self.hub.connection_count()),
+        };
+        users.sort_unstable();
+        let body = serde_json::json!({ "room": room, "count": users.len(), "users": users, "connections": connections });
+        Response::json(200, body.to_string())
+    }
+
+    /// `POST /api/publish`: delivers the body's message like a client's, without `from`.
+    fn api_publish(&mut self, body: &[u8]) -> Response {
+        let Ok(body) = std::str::from_utf8(body) else {
+            return json_error(400, "body must be UTF-8 JSON");
+        };
+        match events::publish(unix_ms(), self.config.max_message_size, body) {
+            Ok(delivery) => {
+                let delivered =
+                    self.fan_out(&delivery.target, OpCode::Text, delivery.json.as_bytes());
+                Response::json(
+                    200,
+                    serde_json::json!({ "delivered": delivered }).to_string(),
+                )
+            }
+            Err(failure) => json_error(failure.code, failure.error),
+        }
+    }
+
+    fn render_metrics(&self) -> String {
+        self.metrics.render(Gauges {
+            connections: self.hub.connection_count(),
+            rooms: self.hub.room_count(),
+            users: self.hub.user_count(),
+        })
+    }
+
+    /// Queues an HTTP response; a closing response ends the connection once it is written.
+    fn respond(&mut self, id: ConnId, response: &Response, include_body: bool) {
+        let mut bytes = Vec::with_capacity(256 + response.body.len());
+        response.encode(include_body, &mut bytes);
+        self.table.push(id, &bytes, self.now);
+        let Some(conn) = self.table.get_mut(id) else {
+            return;
+        };
+        if response.close {
+            conn.finish_http(self.now);
+            self.reschedule(id);
+        } else {
+            conn.restart_phase(self.now);
+        }
+    }
+
+    /// Switches an HTTP connection to WebSocket: `101`, the hub, and any bytes that came
+    /// after the request head in the same packet.
+    fn upgrade(&mut self, id: ConnId, upgrade: Upgrade) {
+        let mut bytes = Vec::with_capacity(256);
+        switching_protocols(&upgrade).encode(true, &mut bytes);
+        self.table.push(id, &bytes, self.now);
+        let (user, rooms) = match upgrade.claim {
+            Claim::Token(identity) => {
+                let name = identity.name.as_deref().unwrap_or("-");
+                if let Some(conn) = self.table.get_mut(id) {
+                    debug!(
+                        "{}: token accepted for {} (name {name})",
+                        conn.client, identity.user
+                    );
+                }
+                (identity.user, identity.rooms)
+            }
+            Claim::Named(user) => (user, None),
+            Claim::Anonymous => {
+                self.anon_counter += 1;
+                (format!("anon-{}", self.anon_counter), None)
+            }
+        };
+        let bucket = self
+            .config
+            .rate_limit
+            .map(|rate| TokenBucket::new(rate, self.now));
+        let Some(conn) = self.table.get_mut(id) else {
+            return;
+        };
+        let rest = conn.requests().map(|reader| reader.take_rest());
+        debug!("{}: WebSocket open as {user}", conn.client);
+        let session = Session::new(
+            rooms,
+            bucket,
+            self.liveness.timeouts.ping_interval,
+            self.now,
+        );
+        conn.open(session, self.now);
+        self.hub.connect(id, &user);
+        self.metrics.connections_total += 1;
+        self.reschedule(id);
+        if let Some(rest) = rest.filter(|rest| !rest.is_empty()) {
+            self.feed(id, &rest);
+        }
+    }
+}

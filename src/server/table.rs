@@ -1,0 +1,253 @@
+//! The connection table: every connection in a slab, and the per-turn lists about them.
+//!
+//! Owns the connections and four lists of their ids: `queued` (output to write in the next
+//! pass), `unread` (input to read next turn), `lagging` (to close once the fan-out is over) and
+//! `doomed` (to remove at the end of the turn). Appending to a connection's output and putting
+//! it on the write list happen here together, so a connection is on the write list exactly when
+//! its write state is `Queued` or `Resumed` (or it was doomed since, and the pass skips it).
+//! Must not touch the hub or a socket's bytes, and must not free a slot whose id is still on a
+//! list.
+
+use std::time::Instant;
+
+use log::error;
+use mio::{Registry, Token};
+use slab::Slab;
+
+use crate::conn::Connection;
+use crate::frame::{self, OpCode};
+use crate::hub::ConnId;
+
+/// Connections, and the lists a turn builds about them.
+pub(super) struct ConnTable {
+    /// Every connection, at the slab key its `ConnId` and its mio `Token` carry.
+    conns: Slab<Connection>,
+    /// The lists a turn builds about the connections.
+    lists: Lists,
+    /// The frame being fanned out: encoded once, appended to every recipient.
+    frame: Vec<u8>,
+    /// `--max-buffered`: an open connection with more pending, whose socket is full, lags.
+    max_buffered: usize,
+}
+
+/// The per-turn lists, apart from the slab so a connection can be borrowed from the slab while
+/// its id is listed.
+#[derive(Default)]
+struct Lists {
+    /// Connections in the `Queued` or `Resumed` write state, in the order they got there: the
+    /// next write pass writes each once.
+    queued: Worklist,
+    /// Connections with input left unread: their read budget ran out, or an HTTP connection
+    /// paused for its answers may be read again. Read next turn.
+    unread: Worklist,
+    /// Connections that became `Lagging` in a fan-out; closed once the fan-out is over.
+    lagging: Vec<ConnId>,
+    /// Connections doomed this turn; removed at its end.
+    doomed: Vec<ConnId>,
+}
+
+impl Lists {
+    /// Acts on output just appended to `conn`, whoever appended it (a fan-out, the heartbeat,
+    /// tungstenite's pongs, a response): an open connection over `max_buffered` whose socket is
+    /// full lags (a reader that keeps up while one sender bursts is written past the fair share
+    /// instead, see `write`); otherwise an idle connection goes on the write list.
+    fn output_added(&mut self, conn: &mut Connection, id: ConnId, max_buffered: usize) {
+        if conn.is_blocked() && conn.pending() > max_buffered && conn.lag() {
+            self.lagging.push(id);
+        } else if conn.queue() {
+            self.queued.next.push(id);
+        }
+    }
+}
+
+/// A list of connection ids built during one turn (or pass) and consumed in the next, whose two
+/// allocations are reused turn after turn.
+#[derive(Default)]
+struct Worklist {
+    /// Ids added since the list was last taken.
+    next: Vec<ConnId>,
+    /// The buffer given back after the last take, ready to become `next`.
+    spare: Vec<ConnId>,
+}
+
+impl Worklist {
+    /// Everything listed so far; new ids go to a fresh list.
+    fn take(&mut self) -> Vec<ConnId> {
+        std::mem::replace(&mut self.next, std::mem::take(&mut self.spare))
+    }
+
+    /// Gives a taken list's allocation back.
+    fn give_back(&mut self, mut taken: Vec<ConnId>) {
+        taken.clear();
+        self.spare = taken;
+    }
+}
+
+impl ConnTable {
+    /// A table with room for `capacity` connections reserved up front.
+    pub(super) fn with_capacity(capacity: usize, max_buffered: usize) -> ConnTable {
+        ConnTable {
+            conns: Slab::with_capacity(capacity),
+            lists: Lists::default(),
+            frame: Vec::new(),
+            max_buffered,
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// Whether the next turn has work before it should wait: output to write, input to read,
+    /// or lagging connections to close.
+    pub(super) fn has_work(&self) -> bool {
+        !self.lists.queued.next.is_empty()
+            || !self.lists.unread.next.is_empty()
+            || !self.lists.lagging.is_empty()
+    }
+
+    pub(super) fn get_mut(&mut self, id: ConnId) -> Option<&mut Connection> {
+        self.conns.get_mut(id.0)
+    }
+
+    /// Every connection's id, for shutdown.
+    pub(super) fn ids(&self) -> Vec<ConnId> {
+        self.conns.iter().map(|(key, _)| ConnId(key)).collect()
+    }
+
+    /// Adds an accepted connection and registers its socket under its id; `None` (the
+    /// connection dropped, logged) when registration fails.
+    pub(super) fn insert(&mut self, mut conn: Connection, registry: &Registry) -> Option<ConnId> {
+        let entry = self.conns.vacant_entry();
+        let id = ConnId(entry.key());
+        if let Err(e) = conn.register(registry, Token(id.0)) {
+            error!("{}: could not register the connection: {e}", conn.peer);
+            return None;
+        }
+        entry.insert(conn);
+        Some(id)
+    }
+
+    /// Appends a message's frame to an open connection; false when it takes no messages.
+    pub(super) fn send(&mut self, id: ConnId, frame: &[u8], now: Instant) -> bool {
+        let Some(conn) = self.conns.get_mut(id.0) else {
+            return false;
+        };
+        if !conn.is_open() {
+            return false;
+        }
+        conn.push(frame, now);
+        self.lists.output_added(conn, id, self.max_buffered);
+        true
+    }
+
+    /// Frames `payload` once and appends the frame to every recipient that takes messages;
+    /// returns how many took it.
+    pub(super) fn fan_out(
+        &mut self,
+        recipients: impl Iterator<Item = ConnId>,
+        opcode: OpCode,
+        payload: &[u8],
+        now: Instant,
+    ) -> u64 {
+        let mut frame = std::mem::take(&mut self.frame);
+        frame.clear();
+        frame::encode(opcode, payload, &mut frame);
+        let delivered = recipients
+            .map(|id| u64::from(self.send(id, &frame, now)))
+            .sum();
+        self.frame = frame;
+        delivered
+    }
+
+    /// Appends bytes in any phase (an HTTP response, a Close frame) and queues them.
+    pub(super) fn push(&mut self, id: ConnId, bytes: &[u8], now: Instant) {
+        if let Some(conn) = self.conns.get_mut(id.0) {
+            conn.push(bytes, now);
+            self.lists.output_added(conn, id, self.max_buffered);
+        }
+    }
+
+    /// Queues output that the connection's session appended itself (tungstenite's pongs and
+    /// close reply).
+    pub(super) fn note_output(&mut self, id: ConnId) {
+        if let Some(conn) = self.conns.get_mut(id.0) {
+            self.lists.output_added(conn, id, self.max_buffered);
+        }
+    }
+
+    /// The socket reported WRITABLE: a blocked connection goes back on the write list.
+    pub(super) fn on_writable(&mut self, id: ConnId) {
+        if let Some(conn) = self.conns.get_mut(id.0)
+            && conn.on_writable()
+        {
+            self.lists.queued.next.push(id);
+        }
+    }
+
+    /// Starts a write pass: the queued connections, in the order they were queued. Whatever
+    /// is queued during the pass goes on a fresh list for the next one.
+    pub(super) fn begin_pass(&mut self) -> Vec<ConnId> {
+        self.lists.queued.take()
+    }
+
+    /// A connection written in this pass with output left stays `Queued`, for the next pass.
+    pub(super) fn requeue(&mut self, id: ConnId) {
+        self.lists.queued.next.push(id);
+    }
+
+    pub(super) fn end_pass(&mut self, pass: Vec<ConnId>) {
+        self.lists.queued.give_back(pass);
+    }
+
+    /// Lists `id` to be read next turn.
+    pub(super) fn read_next_turn(&mut self, id: ConnId) {
+        self.lists.unread.next.push(id);
+    }
+
+    /// The connections listed to be read this turn (taken at its start, so what this turn lists
+    /// waits for the next); give the list back with [`ConnTable::end_unread`].
+    pub(super) fn take_unread(&mut self) -> Vec<ConnId> {
+        self.lists.unread.take()
+    }
+
+    pub(super) fn end_unread(&mut self, due: Vec<ConnId>) {
+        self.lists.unread.give_back(due);
+    }
+
+    /// The next connection flagged as lagging, if any.
+    pub(super) fn pop_lagging(&mut self) -> Option<ConnId> {
+        self.lists.lagging.pop()
+    }
+
+    /// Marks a connection that already left the hub for removal at the end of the turn.
+    pub(super) fn doom(&mut self, id: ConnId) {
+        if let Some(conn) = self.conns.get_mut(id.0)
+            && conn.doom()
+        {
+            self.lists.doomed.push(id);
+        }
+    }
+
+    /// Removes every doomed connection, after taking its id off every list, so a slot reused
+    /// by a new connection never inherits an old entry; `removed` sees each connection last.
+    pub(super) fn reap(&mut self, mut removed: impl FnMut(&mut Connection)) {
+        if self.lists.doomed.is_empty() {
+            return;
+        }
+        let conns = &self.conns;
+        let live = |id: &ConnId| conns.get(id.0).is_some_and(|conn| !conn.is_doomed());
+        self.lists.queued.next.retain(live);
+        self.lists.unread.next.retain(live);
+        self.lists.lagging.retain(live);
+        for id in self.lists.doomed.drain(..) {
+            if let Some(mut conn) = self.conns.try_remove(id.0) {
+                removed(&mut conn);
+            }
+        }
+    }
+}
