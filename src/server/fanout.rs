@@ -8,7 +8,6 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::Server;
-use crate::events::Delivery;
 use crate::frame::OpCode;
 use crate::hub::Target;
 
@@ -23,11 +22,13 @@ impl Server {
         delivered
     }
 
-    /// Fans out every delivery the `events` core produced, in order.
-    pub(super) fn deliver(&mut self, deliveries: &mut Vec<Delivery>) {
+    /// Fans out, in order, every delivery the `events` core appended to `self.deliveries`.
+    pub(super) fn deliver(&mut self) {
+        let mut deliveries = std::mem::take(&mut self.deliveries);
         for delivery in deliveries.drain(..) {
             self.fan_out(&delivery.target, OpCode::Text, delivery.json.as_bytes());
         }
+        self.deliveries = deliveries;
     }
 }
 

@@ -10,7 +10,6 @@ use std::io;
 use log::debug;
 
 use super::Server;
-use crate::conn::Phase;
 use crate::hub::ConnId;
 
 /// Size of the one read buffer shared by every connection.
@@ -85,7 +84,7 @@ impl Server {
         let Some(conn) = self.table.get_mut(id) else {
             return;
         };
-        if matches!(conn.phase(), Phase::Open(_)) {
+        if conn.is_open() {
             debug!(
                 "{}: connection closed without a close handshake",
                 conn.client

@@ -14,8 +14,8 @@
 //! - `liveness`: the timer wheel: pings, idle and write timeouts.
 //! - `shutdown`: signals and the graceful drain.
 //!
-//! A turn: wait for readiness (or the next timer); act on every event (accept, signals, reads,
-//! WRITABLE); read the connections left unread last turn; expire timers; close lagging
+//! A turn: wait for readiness (or the next timer); read the ready connections and note WRITABLE;
+//! accept and handle signals; read the connections left unread last turn; expire timers; close lagging
 //! connections; run one write pass; remove the connections that ended. A fan-out only appends
 //! frames to queues; sockets are written in the write pass, each at most once.
 
@@ -101,11 +101,12 @@ pub struct Server {
     /// Messages tungstenite produced for the connection being read, dispatched once the
     /// connection is no longer borrowed.
     inbox: Vec<Message>,
-    /// Events the `events` protocol asked to send, before they are framed and fanned out.
+    /// Events the `events` core appends, fanned out by `deliver` right after; kept so its
+    /// allocation is reused.
     deliveries: Vec<Delivery>,
-    /// Readiness of the listener or a signal pipe that a write pass saw: a pass neither accepts
-    /// nor shuts down, so these are acted on at the start of the next turn.
-    deferred: Vec<Token>,
+    /// The listener or a signal pipe became ready: acted on once per turn, after the turn's
+    /// reads, never during a write pass (which may see the readiness first).
+    services_ready: Vec<Token>,
     /// The time of this turn: taken once after the turn's poll returns, never during a pass.
     now: Instant,
     /// Counts turns, so a connection can tell whether it already used this turn's read budget.
@@ -170,7 +171,7 @@ impl Server {
             scratch: vec![0; SCRATCH_SIZE],
             inbox: Vec::new(),
             deliveries: Vec::new(),
-            deferred: Vec::new(),
+            services_ready: Vec::new(),
             now,
             turn: 0,
             anon_counter: 0,
@@ -198,7 +199,8 @@ impl Server {
             self.turn += 1;
             // Taken before this turn's reads, which list connections for the next turn.
             let unread = self.table.take_unread();
-            self.dispatch(&events);
+            self.on_events(&events);
+            self.serve_listener_and_signals();
             self.read_unread(unread);
             self.accept_after_backoff();
             self.expire_timers();
@@ -218,7 +220,7 @@ impl Server {
     /// How long the turn's poll may wait: not at all while work is left over, else until the
     /// next timer, the end of an accept backoff or the drain deadline.
     fn poll_timeout(&self) -> Option<Duration> {
-        if self.table.has_work() || !self.deferred.is_empty() {
+        if self.table.has_work() || !self.services_ready.is_empty() {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();
@@ -232,25 +234,28 @@ impl Server {
         .min()
     }
 
-    /// Acts on the readiness a write pass deferred, then on this turn's events.
-    fn dispatch(&mut self, events: &Events) {
-        for token in std::mem::take(&mut self.deferred) {
-            self.on_service(token);
-        }
+    /// Reads the connections `events` says are ready and notes WRITABLE. The listener's and the
+    /// signal pipes' readiness is only listed, for [`Server::serve_listener_and_signals`]: the
+    /// same events come from a write pass's polls, which must not accept or shut down.
+    fn on_events(&mut self, events: &Events) {
         for event in events {
             match event.token() {
-                token @ (LISTENER | SHUTDOWN_SIGNAL | HANGUP_SIGNAL) => self.on_service(token),
+                token @ (LISTENER | SHUTDOWN_SIGNAL | HANGUP_SIGNAL) => {
+                    self.services_ready.push(token)
+                }
                 Token(key) => self.on_connection_event(ConnId(key), event),
             }
         }
     }
 
-    /// The listener or a signal pipe is ready.
-    fn on_service(&mut self, token: Token) {
-        match token {
-            LISTENER => self.accept(),
-            SHUTDOWN_SIGNAL => self.on_shutdown_signal(),
-            _ => self.on_hangup(),
+    /// Accepts and handles signals whose readiness this turn's poll or the last write pass saw.
+    fn serve_listener_and_signals(&mut self) {
+        while let Some(token) = self.services_ready.pop() {
+            match token {
+                LISTENER => self.accept(),
+                SHUTDOWN_SIGNAL => self.on_shutdown_signal(),
+                _ => self.on_hangup(),
+            }
         }
     }
 

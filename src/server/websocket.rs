@@ -75,26 +75,22 @@ impl Server {
                 self.fan_out(&Target::Conn(id), opcode, payload);
             }
             (Protocol::Events, Some(text)) if allowed => {
-                let mut deliveries = std::mem::take(&mut self.deliveries);
                 let ctx = events::Context {
                     conn: id,
                     now_ms: unix_ms(),
                     may_join: &|room| session.may_join(room),
                     max_message_size: self.config.max_message_size,
                 };
-                events::handle(&mut self.hub, &ctx, text, &mut deliveries);
-                self.deliver(&mut deliveries);
-                self.deliveries = deliveries;
+                events::handle(&mut self.hub, &ctx, text, &mut self.deliveries);
+                self.deliver();
             }
             (Protocol::Events, text) => {
                 let failure = match text {
                     Some(_) => Failure::RATE_LIMITED,
                     None => Failure::BINARY_FRAME,
                 };
-                let mut deliveries = std::mem::take(&mut self.deliveries);
-                events::refuse(id, text, failure, &mut deliveries);
-                self.deliver(&mut deliveries);
-                self.deliveries = deliveries;
+                events::refuse(id, text, failure, &mut self.deliveries);
+                self.deliver();
             }
         }
     }
@@ -121,14 +117,12 @@ impl Server {
         if !conn.leave_open(self.now) {
             return false;
         }
-        let mut deliveries = std::mem::take(&mut self.deliveries);
         if self.config.protocol == Protocol::Events {
-            events::disconnect(&mut self.hub, id, &mut deliveries);
+            events::disconnect(&mut self.hub, id, &mut self.deliveries);
+            self.deliver();
         } else {
             self.hub.disconnect(id);
         }
-        self.deliver(&mut deliveries);
-        self.deliveries = deliveries;
         true
     }
 }

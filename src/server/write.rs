@@ -17,7 +17,7 @@ use std::time::Duration;
 use log::{debug, error, warn};
 use mio::{Events, Token};
 
-use super::{HANGUP_SIGNAL, LISTENER, SHUTDOWN_SIGNAL, Server};
+use super::Server;
 use crate::conn::{Drained, Flushed, Phase};
 use crate::frame::close_code;
 use crate::hub::ConnId;
@@ -83,12 +83,7 @@ impl Server {
             }
             return;
         }
-        for event in events.iter() {
-            match event.token() {
-                token @ (LISTENER | SHUTDOWN_SIGNAL | HANGUP_SIGNAL) => self.deferred.push(token),
-                Token(key) => self.on_connection_event(ConnId(key), event),
-            }
-        }
+        self.on_events(events);
     }
 
     /// Closes every connection that lags: its queue is cut after the frame being written, then
