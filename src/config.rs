@@ -94,6 +94,33 @@ pub struct Config {
     #[arg(long, env = "WSHUB_DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
+    /// Most bytes queued for all connections together; past it the largest queues are cut
+    /// first, as slow consumers.
+    #[arg(long, env = "WSHUB_MAX_OUTPUT_MEMORY", default_value = "1GiB", value_parser = parse_size)]
+    pub max_output_memory: usize,
+
+    /// WebSocket connections one client address may hold; further upgrades get 429. Without
+    /// this flag the limit is 256 and loopback addresses are exempt (a local reverse proxy whose
+    /// forwarded addresses are not trusted, local load tests); given explicitly, it applies to
+    /// every address.
+    #[arg(long, env = "WSHUB_MAX_CONNECTIONS_PER_IP", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_ip: Option<u32>,
+
+    /// `join`, `quit` and `online` requests per second each connection may send (token bucket,
+    /// burst 2x); excess gets error 429.
+    #[arg(long, env = "WSHUB_COMMAND_RATE", default_value = "20", value_name = "PER_SEC", value_parser = clap::value_parser!(u32).range(1..))]
+    pub command_rate: u32,
+
+    /// In a room with more members than this, joins and leaves are not announced to each member
+    /// (counts and `online` still answer), so a mass join costs O(N) deliveries, not O(N^2).
+    #[arg(
+        long,
+        env = "WSHUB_PRESENCE_MAX_MEMBERS",
+        default_value = "1000",
+        value_name = "N"
+    )]
+    pub presence_max_members: usize,
+
     /// Messages per second each connection may send (token bucket, burst 2x); excess is refused.
     #[arg(long, env = "WSHUB_RATE_LIMIT", value_name = "MSGS_PER_SEC", value_parser = clap::value_parser!(u32).range(1..))]
     pub rate_limit: Option<u32>,
@@ -192,6 +219,13 @@ impl Config {
         }
         if self.api_key.as_deref().is_some_and(str::is_empty) {
             return Err("--api-key must not be empty".into());
+        }
+        if self.max_output_memory < self.max_buffered {
+            return Err(format!(
+                "--max-output-memory ({}) must be at least --max-buffered ({})",
+                crate::units::format_size(self.max_output_memory),
+                crate::units::format_size(self.max_buffered)
+            ));
         }
         if self.max_connections == 0 {
             return Err("--max-connections must be at least 1".into());
@@ -308,6 +342,10 @@ mod tests {
         assert_eq!(config.handshake_timeout, Duration::from_secs(10));
         assert_eq!(config.write_timeout, Duration::from_secs(10));
         assert_eq!(config.drain_timeout, Duration::from_secs(5));
+        assert_eq!(config.max_output_memory, 1 << 30);
+        assert_eq!(config.max_connections_per_ip, None);
+        assert_eq!(config.command_rate, 20);
+        assert_eq!(config.presence_max_members, 1000);
     }
 
     #[test]
