@@ -64,6 +64,8 @@ pub struct Gauges {
     pub connections: usize,
     pub rooms: usize,
     pub users: usize,
+    /// Bytes queued for all connections together (bounded by `--max-output-memory`).
+    pub output_bytes: usize,
 }
 
 /// Monotonic counters since start-up.
@@ -156,6 +158,12 @@ impl Metrics {
             "Distinct users online.",
             gauges.users as u64,
         );
+        series(
+            "wshub_output_buffered_bytes",
+            "gauge",
+            "Bytes queued for all connections together.",
+            gauges.output_bytes as u64,
+        );
         out.push_str(
             "# HELP wshub_handshake_failures_total Failed WebSocket handshakes by reason.\n",
         );
@@ -188,6 +196,7 @@ mod tests {
             connections: 2,
             rooms: 1,
             users: 2,
+            output_bytes: 640,
         });
         for line in [
             "wshub_connections 2",
@@ -195,6 +204,7 @@ mod tests {
             "wshub_messages_delivered_total 12",
             "wshub_rooms 1",
             "wshub_users 2",
+            "wshub_output_buffered_bytes 640",
             "wshub_handshake_failures_total{reason=\"forbidden\"} 1",
             "wshub_handshake_failures_total{reason=\"malformed\"} 1",
             "wshub_slow_consumer_disconnects_total 0",

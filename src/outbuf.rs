@@ -104,6 +104,14 @@ impl OutputQueue {
         self.buf.truncate(keep);
         if self.is_empty() {
             self.clear();
+        } else if self.buf.capacity() > RETAIN_CAPACITY {
+            // What is left is the rest of one frame: give the backlog's memory back now, not
+            // when the connection finally goes.
+            let done = self.anchor.min(self.head);
+            self.buf.drain(..done);
+            self.buf.shrink_to_fit();
+            self.head -= done;
+            self.anchor -= done;
         }
     }
 
@@ -247,6 +255,24 @@ mod tests {
         queue.consume(10);
         queue.cut_after_current_frame();
         assert_eq!(queue.front(usize::MAX), &first[10..]);
+    }
+
+    #[test]
+    fn cut_gives_the_backlog_memory_back() {
+        let mut queue = framed();
+        let first = frame(1000, b'x');
+        queue.push(&first);
+        for _ in 0..100 {
+            queue.push(&frame(1000, b'y'));
+        }
+        queue.consume(500);
+        queue.cut_after_current_frame();
+        assert_eq!(queue.front(usize::MAX), &first[500..]);
+        assert!(
+            queue.buf.capacity() < RETAIN_CAPACITY,
+            "{}",
+            queue.buf.capacity()
+        );
     }
 
     #[test]

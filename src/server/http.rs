@@ -180,6 +180,7 @@ impl Server {
             connections: self.hub.connection_count(),
             rooms: self.hub.room_count(),
             users: self.hub.user_count(),
+            output_bytes: self.table.output_bytes(),
         })
     }
 

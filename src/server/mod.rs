@@ -13,17 +13,20 @@
 //! - `write`: the write pass and closing connections that lag behind.
 //! - `liveness`: the timer wheel: pings, idle and write timeouts.
 //! - `shutdown`: signals and the graceful drain.
+//! - `memory`: giving the memory of a drained burst back to the system.
 //!
 //! A turn: wait for readiness (or the next timer); read the ready connections and note WRITABLE;
-//! accept and handle signals; read the connections left unread last turn; expire timers; close lagging
-//! connections; run one write pass; remove the connections that ended. A fan-out only appends
-//! frames to queues; sockets are written in the write pass, each at most once.
+//! accept and handle signals; read the connections left unread last turn; expire timers; close
+//! lagging connections; run one write pass; remove the connections that ended; give back the
+//! memory of a drained burst. A fan-out only appends frames to queues; sockets are written in the
+//! write pass, each at most once.
 
 mod accept;
 mod fanout;
 mod http;
 mod input;
 mod liveness;
+mod memory;
 mod shutdown;
 mod table;
 mod websocket;
@@ -163,7 +166,11 @@ impl Server {
             assets,
             verifier,
             acceptor,
-            table: ConnTable::with_capacity(capacity, config.max_buffered),
+            table: ConnTable::with_capacity(
+                capacity,
+                config.max_buffered,
+                config.max_output_memory,
+            ),
             hub: Hub::with_capacity(capacity),
             liveness: Liveness::new(timeouts, capacity, now),
             shutdown: Shutdown::default(),
@@ -207,6 +214,7 @@ impl Server {
             self.close_lagging();
             self.write_pass(&mut events);
             self.reap();
+            self.give_back_memory();
             if self.drain_complete() {
                 info!(
                     "shutdown complete ({} connections left undrained)",

@@ -1,16 +1,20 @@
-//! The connection table: every connection in a slab, and the per-turn lists about them.
+//! The connection table: every connection in a slab, the per-turn lists about them, and the
+//! output memory they hold.
 //!
 //! Owns the connections and four lists of their ids: `queued` (output to write in the next
 //! pass), `unread` (input to read next turn), `lagging` (to close once the fan-out is over) and
 //! `doomed` (to remove at the end of the turn). Appending to a connection's output and putting
 //! it on the write list happen here together, so a connection is on the write list exactly when
 //! its write state is `Queued` or `Resumed` (or it was doomed since, and the pass skips it).
+//! Owns the output limits too (SPEC §6): every byte appended, written, cut or dropped is counted
+//! here, so `--max-buffered` (one queue) and `--max-output-memory` (all queues) are enforced at
+//! the append that crosses them, whether or not the socket currently takes writes.
 //! Must not touch the hub or a socket's bytes, and must not free a slot whose id is still on a
 //! list.
 
 use std::time::Instant;
 
-use log::error;
+use log::{error, warn};
 use mio::{Registry, Token};
 use slab::Slab;
 
@@ -26,8 +30,30 @@ pub(super) struct ConnTable {
     lists: Lists,
     /// The frame being fanned out: encoded once, appended to every recipient.
     frame: Vec<u8>,
-    /// `--max-buffered`: an open connection with more pending, whose socket is full, lags.
+    /// The output limits and what is held against them.
+    output: OutputLimits,
+}
+
+/// Output memory: the limits and the exact number of bytes queued for all connections.
+struct OutputLimits {
+    /// `--max-buffered`: an open connection with more pending lags (and is cut).
     max_buffered: usize,
+    /// `--max-output-memory`: past it, the largest queues are cut until the total is back
+    /// under [`OutputLimits::after_cut`].
+    max_total: usize,
+    /// Bytes pending in every connection's output together.
+    total: usize,
+    /// The largest `total` since the memory was last given back (see
+    /// [`ConnTable::take_drained_peak`]).
+    peak: usize,
+}
+
+impl OutputLimits {
+    /// Where cutting the largest queues stops: an eighth below the limit, so that a hub living
+    /// at its limit does not scan every queue again on the very next append.
+    fn after_cut(&self) -> usize {
+        self.max_total - self.max_total / 8
+    }
 }
 
 /// The per-turn lists, apart from the slab so a connection can be borrowed from the slab while
@@ -40,24 +66,11 @@ struct Lists {
     /// Connections with input left unread: their read budget ran out, or an HTTP connection
     /// paused for its answers may be read again. Read next turn.
     unread: Worklist,
-    /// Connections that became `Lagging` in a fan-out; closed once the fan-out is over.
+    /// Connections that became `Lagging` (their output already cut); closed once the fan-out is
+    /// over.
     lagging: Vec<ConnId>,
     /// Connections doomed this turn; removed at its end.
     doomed: Vec<ConnId>,
-}
-
-impl Lists {
-    /// Acts on output just appended to `conn`, whoever appended it (a fan-out, the heartbeat,
-    /// tungstenite's pongs, a response): an open connection over `max_buffered` whose socket is
-    /// full lags (a reader that keeps up while one sender bursts is written past the fair share
-    /// instead, see `write`); otherwise an idle connection goes on the write list.
-    fn output_added(&mut self, conn: &mut Connection, id: ConnId, max_buffered: usize) {
-        if conn.is_blocked() && conn.pending() > max_buffered && conn.lag() {
-            self.lagging.push(id);
-        } else if conn.queue() {
-            self.queued.next.push(id);
-        }
-    }
 }
 
 /// A list of connection ids built during one turn (or pass) and consumed in the next, whose two
@@ -84,14 +97,43 @@ impl Worklist {
 }
 
 impl ConnTable {
-    /// A table with room for `capacity` connections reserved up front.
-    pub(super) fn with_capacity(capacity: usize, max_buffered: usize) -> ConnTable {
+    /// A table with room for `capacity` connections reserved up front, holding at most
+    /// `max_buffered` bytes of output per connection and `max_total` for all of them.
+    pub(super) fn with_capacity(
+        capacity: usize,
+        max_buffered: usize,
+        max_total: usize,
+    ) -> ConnTable {
         ConnTable {
             conns: Slab::with_capacity(capacity),
             lists: Lists::default(),
             frame: Vec::new(),
-            max_buffered,
+            output: OutputLimits {
+                max_buffered,
+                max_total,
+                total: 0,
+                peak: 0,
+            },
         }
+    }
+
+    /// Bytes pending in every connection's output together.
+    pub(super) fn output_bytes(&self) -> usize {
+        self.output.total
+    }
+
+    /// After a burst has drained (the queues hold under an eighth of their peak, and the peak
+    /// was worth it), returns that peak: the moment to give freed memory back to the system.
+    /// The peak then drops to an eighth, so a burst that keeps draining (its last queues are
+    /// cut or written a few turns later) is given back again, a few times at most.
+    pub(super) fn take_drained_peak(&mut self, worth: usize) -> Option<usize> {
+        let output = &mut self.output;
+        let drained = output.peak >= worth && output.total <= output.peak / 8;
+        drained.then(|| {
+            let peak = output.peak;
+            output.peak = output.total.max(peak / 8);
+            peak
+        })
     }
 
     pub(super) fn len(&self) -> usize {
@@ -141,7 +183,7 @@ impl ConnTable {
             return false;
         }
         conn.push(frame, now);
-        self.lists.output_added(conn, id, self.max_buffered);
+        self.output_added(id, frame.len());
         true
     }
 
@@ -168,15 +210,84 @@ impl ConnTable {
     pub(super) fn push(&mut self, id: ConnId, bytes: &[u8], now: Instant) {
         if let Some(conn) = self.conns.get_mut(id.0) {
             conn.push(bytes, now);
-            self.lists.output_added(conn, id, self.max_buffered);
+            self.output_added(id, bytes.len());
         }
     }
 
-    /// Queues output that the connection's session appended itself (tungstenite's pongs and
-    /// close reply).
-    pub(super) fn note_output(&mut self, id: ConnId) {
-        if let Some(conn) = self.conns.get_mut(id.0) {
-            self.lists.output_added(conn, id, self.max_buffered);
+    /// Counts and queues output appended to the connection directly (tungstenite's pongs and
+    /// close reply, a Close frame): `before` is what it had pending before the append.
+    pub(super) fn note_output(&mut self, id: ConnId, before: usize) {
+        if let Some(conn) = self.conns.get(id.0) {
+            let added = conn.pending().saturating_sub(before);
+            self.output_added(id, added);
+        }
+    }
+
+    /// Counts `written` bytes that left a connection's output for its socket.
+    pub(super) fn wrote(&mut self, written: usize) {
+        self.output.total = self.output.total.saturating_sub(written);
+    }
+
+    /// Acts on `added` bytes just appended to `id`, whoever appended them (a fan-out, the
+    /// heartbeat, tungstenite's pongs, a response): an open connection now over
+    /// `--max-buffered` lags, whether or not its socket takes writes, so no queue ever holds
+    /// more than the cap plus one message; an idle one goes on the write list. Past
+    /// `--max-output-memory` in total, the largest queues are cut.
+    fn output_added(&mut self, id: ConnId, added: usize) {
+        let output = &mut self.output;
+        output.total += added;
+        output.peak = output.peak.max(output.total);
+        let Some(conn) = self.conns.get_mut(id.0) else {
+            return;
+        };
+        if conn.is_open() && conn.pending() > output.max_buffered {
+            self.lag(id);
+        } else if conn.queue() {
+            self.lists.queued.next.push(id);
+        }
+        if self.output.total > self.output.max_total {
+            self.cut_largest();
+        }
+    }
+
+    /// An open connection falls behind: its queue is cut after the frame being written (so a
+    /// Close frame can follow) and it is listed to be closed once the fan-out is over. Nothing
+    /// for a connection that is not open.
+    fn lag(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(id.0) else {
+            return;
+        };
+        if !conn.lag() {
+            return;
+        }
+        let pending = conn.pending();
+        conn.cut_output();
+        let cut = pending - conn.pending();
+        self.output.total = self.output.total.saturating_sub(cut);
+        warn!(
+            "{}: slow consumer with {pending} bytes pending; disconnecting",
+            conn.client
+        );
+        self.lists.lagging.push(id);
+    }
+
+    /// Cuts the largest queues of open connections, largest first, until all queues together
+    /// are back under [`OutputLimits::after_cut`]. Scans every connection, which only happens
+    /// when the total passes `--max-output-memory`.
+    fn cut_largest(&mut self) {
+        let mut largest: Vec<(usize, ConnId)> = self
+            .conns
+            .iter()
+            .filter(|(_, conn)| conn.is_open() && conn.pending() > 0)
+            .map(|(key, conn)| (conn.pending(), ConnId(key)))
+            .collect();
+        largest.sort_unstable_by_key(|&(pending, _)| std::cmp::Reverse(pending));
+        let target = self.output.after_cut();
+        for (_, id) in largest {
+            if self.output.total <= target {
+                break;
+            }
+            self.lag(id);
         }
     }
 
@@ -234,7 +345,8 @@ impl ConnTable {
     }
 
     /// Removes every doomed connection, after taking its id off every list, so a slot reused
-    /// by a new connection never inherits an old entry; `removed` sees each connection last.
+    /// by a new connection never inherits an old entry; `removed` sees each connection last, and
+    /// the output it still held is no longer counted.
     pub(super) fn reap(&mut self, mut removed: impl FnMut(&mut Connection)) {
         if self.lists.doomed.is_empty() {
             return;
@@ -246,6 +358,7 @@ impl ConnTable {
         self.lists.lagging.retain(live);
         for id in self.lists.doomed.drain(..) {
             if let Some(mut conn) = self.conns.try_remove(id.0) {
+                self.output.total = self.output.total.saturating_sub(conn.pending());
                 removed(&mut conn);
             }
         }

@@ -23,12 +23,13 @@ impl Server {
         let Some(conn) = self.table.get_mut(id) else {
             return;
         };
+        let before = conn.pending();
         let Some(feed) = conn.feed(bytes, &self.ws_config, &mut self.inbox, self.now) else {
             return;
         };
         // Pongs and the close reply count like any other output (a ping flood the client never
         // reads makes it lag).
-        self.table.note_output(id);
+        self.table.note_output(id, before);
         let mut inbox = std::mem::take(&mut self.inbox);
         for message in inbox.drain(..) {
             self.on_message(id, message);
@@ -100,10 +101,12 @@ impl Server {
         if !self.leave_hub(id) {
             return;
         }
-        if let Some(conn) = self.table.get_mut(id) {
-            conn.push_close(code, reason, self.now);
-        }
-        self.table.note_output(id);
+        let Some(conn) = self.table.get_mut(id) else {
+            return;
+        };
+        let before = conn.pending();
+        conn.push_close(code, reason, self.now);
+        self.table.note_output(id, before);
         self.reschedule(id);
     }
 

@@ -14,7 +14,7 @@
 use std::io;
 use std::time::Duration;
 
-use log::{debug, error, warn};
+use log::{debug, error};
 use mio::{Events, Token};
 
 use super::Server;
@@ -59,6 +59,10 @@ impl Server {
         let share = fair_share(pending, self.config.max_buffered);
         let result = conn.flush(share, self.now, self.poll.registry(), Token(id.0));
         let sent = pending - conn.pending();
+        self.table.wrote(sent);
+        let Some(conn) = self.table.get_mut(id) else {
+            return sent;
+        };
         match result {
             Ok(Flushed::Partial) => self.table.requeue(id),
             Ok(Flushed::Drained) => match conn.drained() {
@@ -86,22 +90,18 @@ impl Server {
         self.on_events(events);
     }
 
-    /// Closes every connection that lags: its queue is cut after the frame being written, then
-    /// Close 1008 follows. Runs outside any fan-out, so leaving the hub is safe here.
+    /// Closes every connection that lags (its queue was cut when it fell behind): Close 1008
+    /// follows the frame being written. Runs outside any fan-out, so leaving the hub is safe
+    /// here.
     pub(super) fn close_lagging(&mut self) {
         while let Some(id) = self.table.pop_lagging() {
-            let Some(conn) = self.table.get_mut(id) else {
-                continue;
-            };
-            if !matches!(conn.phase(), Phase::Lagging) {
+            if !self
+                .table
+                .get_mut(id)
+                .is_some_and(|conn| matches!(conn.phase(), Phase::Lagging))
+            {
                 continue;
             }
-            let pending = conn.pending();
-            conn.cut_output();
-            warn!(
-                "{}: slow consumer with {pending} bytes pending; disconnecting",
-                conn.client
-            );
             self.metrics.slow_consumer_disconnects += 1;
             self.close(id, close_code::POLICY_VIOLATION, "slow consumer");
         }
