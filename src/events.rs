@@ -5,6 +5,10 @@
 //! delivery is serialised once, whatever the number of recipients; the loop frames those bytes
 //! once and appends the same frame to every connection [`Target::recipients`] yields. Client
 //! `id` and `data` values are copied through as raw JSON text, never parsed into a tree.
+//!
+//! The bounds on control events (SPEC §6) are decided here too: which events are commands and
+//! draw on the connection's `--command-rate` budget (the loop only holds the budget), and in
+//! which rooms presence is too costly to send.
 
 use std::borrow::Cow;
 
@@ -46,7 +50,7 @@ pub struct Failure {
 }
 
 impl Failure {
-    /// The loop's rate limiter dropped the frame (SPEC §6).
+    /// A `--rate-limit` or `--command-rate` budget ran out: the frame is dropped (SPEC §6).
     pub const RATE_LIMITED: Self = Self::new(429, "rate limited");
     /// The `events` protocol speaks JSON text only.
     pub const BINARY_FRAME: Self = Self::new(400, "binary frames are not supported");
@@ -84,6 +88,21 @@ pub struct Context<'a> {
     /// The largest frame a client accepts; a relayed event above it is refused with 413 so
     /// that receivers with the same limit can always read what they are sent.
     pub max_message_size: usize,
+    /// What bounds this connection's control events (SPEC §6).
+    pub control: Control<'a>,
+}
+
+/// What bounds the cost of control events (SPEC §6), so that one client's joins, quits and
+/// queries cannot make the server, or every member of a big room, work at the client's pace.
+#[derive(Clone, Copy)]
+pub struct Control<'a> {
+    /// Takes a token from the connection's `--command-rate` budget. Asked only once a frame
+    /// turns out to be a command ([`is_command`]), so a message never pays for it; false
+    /// answers 429 and the command has no effect.
+    pub take_command: &'a dyn Fn() -> bool,
+    /// `--presence-max-members`: the largest room, in connections, whose members are told of
+    /// each arrival and departure ([`announced`]).
+    pub presence_max_members: usize,
 }
 
 /// Applies one client text frame to the hub and appends what must be sent to `out`. Every
@@ -95,6 +114,9 @@ pub fn handle(hub: &mut Hub, ctx: &Context, text: &str, out: &mut Vec<Delivery>)
     let Some(event) = request.event.and_then(string) else {
         return reply_error(out, ctx.conn, UNREADABLE, request.id, Failure::BAD_EVENT);
     };
+    if is_command(&event) && !(ctx.control.take_command)() {
+        return reply_error(out, ctx.conn, &event, request.id, Failure::RATE_LIMITED);
+    }
     let handled = match &*event {
         "ping" => ping(ctx, &request, out),
         "join" => join(hub, ctx, &request, out),
@@ -110,13 +132,20 @@ pub fn handle(hub: &mut Hub, ctx: &Context, text: &str, out: &mut Vec<Delivery>)
 }
 
 /// Tells the remaining members of every room where `conn` was its user's last connection that
-/// the user left, and forgets `conn`.
-pub fn disconnect(hub: &mut Hub, conn: ConnId, out: &mut Vec<Delivery>) {
+/// the user left (unless the room is too big to announce it, see [`announced`]), and forgets
+/// `conn`.
+pub fn disconnect(
+    hub: &mut Hub,
+    conn: ConnId,
+    presence_max_members: usize,
+    out: &mut Vec<Delivery>,
+) {
     let Some(departure) = hub.disconnect(conn) else {
         return;
     };
     for room in departure.last_in {
-        if !hub.room_members(&room).is_empty() {
+        let still_in = hub.room_members(&room).len();
+        if still_in > 0 && announced(still_in + 1, presence_max_members) {
             push(
                 out,
                 Target::Room(room.to_string()),
@@ -171,6 +200,26 @@ pub fn publish(now_ms: u64, max_message_size: usize, body: &str) -> Result<Deliv
         target,
         json: event,
     })
+}
+
+/// Whether `event` is a command: `join`, `quit` and `online` change or read who is where, and
+/// cost the hub (or every member of the room, through presence) work that grows with the room
+/// rather than with what the client sent; `--command-rate` bounds them. `ping`, `message` and
+/// `direct` are not commands (`--rate-limit` bounds those), nor is an unknown event (its 404
+/// costs nothing).
+fn is_command(event: &str) -> bool {
+    matches!(event, "join" | "quit" | "online")
+}
+
+/// Whether a user's arrival in or departure from a room of `members` connections — counted
+/// with the connection joining or leaving — is announced to the others. A presence event
+/// costs one delivery per connection in the room, so a mass join of N users would cost
+/// O(N²); past `presence_max_members` connections, members learn the count from their join
+/// reply and who is there from `online` instead. Connections, not users, because they are
+/// what a presence event costs; the same room size decides a user's join and leave, so a
+/// room that stays below the limit announces both.
+fn announced(members: usize, presence_max_members: usize) -> bool {
+    members <= presence_max_members
 }
 
 /// A client frame with every field still raw, so a wrong type in one field still lets the
@@ -360,6 +409,10 @@ fn join(
     push(out, Target::Conn(ctx.conn), &reply);
     if joined.first_for_user
         && joined.users > 1
+        && announced(
+            hub.room_members(&room).len(),
+            ctx.control.presence_max_members,
+        )
         && let Some(user) = hub.user_of(ctx.conn)
     {
         let others = Target::RoomExcept(room.to_string(), ctx.conn);
@@ -381,8 +434,10 @@ fn quit(
         ..Reply::ok("quit", request)
     };
     push(out, Target::Conn(ctx.conn), &reply);
+    let still_in = hub.room_members(&room).len();
     if left.last_for_user
-        && !hub.room_members(&room).is_empty()
+        && still_in > 0
+        && announced(still_in + 1, ctx.control.presence_max_members)
         && let Some(user) = hub.user_of(ctx.conn)
     {
         let remaining = Target::Room(room.to_string());
@@ -545,6 +600,21 @@ mod tests {
 
     const NOW: u64 = 1_700_000_000_000;
     const LIMIT: usize = 64 * 1024;
+    /// The `--presence-max-members` default: rooms in these tests are far smaller.
+    const PRESENCE_MAX: usize = 1_000;
+
+    /// A command budget that never runs out.
+    fn unlimited() -> bool {
+        true
+    }
+
+    /// Bounds that never bind in these tests' rooms: the behaviour of a 30-person room.
+    fn unbounded() -> Control<'static> {
+        Control {
+            take_command: &unlimited,
+            presence_max_members: PRESENCE_MAX,
+        }
+    }
 
     fn allow_all(_: &str) -> bool {
         true
@@ -565,11 +635,23 @@ mod tests {
         may_join: &dyn Fn(&str) -> bool,
         text: &str,
     ) -> Vec<Delivery> {
+        send_under(hub, conn, may_join, unbounded(), text)
+    }
+
+    /// Sends `text` from `conn` under the control-event bounds `control`.
+    fn send_under(
+        hub: &mut Hub,
+        conn: usize,
+        may_join: &dyn Fn(&str) -> bool,
+        control: Control,
+        text: &str,
+    ) -> Vec<Delivery> {
         let ctx = Context {
             conn: ConnId(conn),
             now_ms: NOW,
             may_join,
             max_message_size: LIMIT,
+            control,
         };
         let mut out = Vec::new();
         handle(hub, &ctx, text, &mut out);
@@ -849,7 +931,7 @@ mod tests {
             send(&mut hub, conn, r#"{"event":"join","room":"lobby"}"#);
         }
         let mut out = Vec::new();
-        disconnect(&mut hub, ConnId(1), &mut out);
+        disconnect(&mut hub, ConnId(1), PRESENCE_MAX, &mut out);
         assert_eq!(out, []);
         assert_eq!(hub.room_user_count("lobby"), 2);
     }
@@ -867,7 +949,7 @@ mod tests {
         send(&mut hub, 3, r#"{"event":"join","room":"a"}"#);
         send(&mut hub, 4, r#"{"event":"join","room":"b"}"#);
         let mut out = Vec::new();
-        disconnect(&mut hub, ConnId(1), &mut out);
+        disconnect(&mut hub, ConnId(1), PRESENCE_MAX, &mut out);
         out.sort_by(|x, y| x.json.cmp(&y.json));
         assert_eq!(
             out,
@@ -886,7 +968,7 @@ mod tests {
         assert!(!hub.is_member(ConnId(1), "c"));
         assert_eq!(hub.user_connections("alice"), &[ConnId(2)]);
         let mut again = Vec::new();
-        disconnect(&mut hub, ConnId(1), &mut again);
+        disconnect(&mut hub, ConnId(1), PRESENCE_MAX, &mut again);
         assert_eq!(again, []);
     }
 
@@ -1029,6 +1111,7 @@ mod tests {
             now_ms: NOW,
             may_join: &allow_all,
             max_message_size: 100,
+            control: unbounded(),
         };
         let fits = format!(
             r#"{{"event":"message","room":"lobby","data":"{}"}}"#,
@@ -1318,5 +1401,159 @@ mod tests {
         for (body, failure) in cases {
             assert_eq!(publish(NOW, 50, body), Err(failure), "{body}");
         }
+    }
+
+    #[test]
+    fn join_quit_and_online_are_commands_and_nothing_else_is() {
+        for event in ["join", "quit", "online"] {
+            assert!(is_command(event), "{event}");
+        }
+        for event in ["ping", "message", "direct", "dance", "", "JOIN", "join "] {
+            assert!(!is_command(event), "{event:?}");
+        }
+    }
+
+    #[test]
+    fn commands_past_the_budget_are_429_with_their_event_and_id_and_change_nothing() {
+        let mut hub = hub();
+        send(&mut hub, 3, r#"{"event":"join","room":"lobby"}"#);
+        let tokens = std::cell::Cell::new(1_u32);
+        let take = || {
+            let left = tokens.get();
+            tokens.set(left.saturating_sub(1));
+            left > 0
+        };
+        let control = Control {
+            take_command: &take,
+            presence_max_members: PRESENCE_MAX,
+        };
+        let first = send_under(
+            &mut hub,
+            1,
+            &allow_all,
+            control,
+            r#"{"event":"join","room":"lobby"}"#,
+        );
+        assert_eq!(first.len(), 2, "reply and presence: {first:?}");
+        let before = hub.clone();
+        for (request, reply) in [
+            (
+                r#"{"event":"join","room":"other","id":1}"#,
+                r#"{"event":"join","id":1,"code":429,"error":"rate limited"}"#,
+            ),
+            (
+                r#"{"event":"quit","room":"lobby","id":"q"}"#,
+                r#"{"event":"quit","id":"q","code":429,"error":"rate limited"}"#,
+            ),
+            (
+                r#"{"event":"online","id":null}"#,
+                r#"{"event":"online","id":null,"code":429,"error":"rate limited"}"#,
+            ),
+        ] {
+            assert_eq!(
+                send_under(&mut hub, 1, &allow_all, control, request),
+                [to_conn(1, reply)]
+            );
+        }
+        assert_eq!(hub, before);
+    }
+
+    #[test]
+    fn pings_and_messages_never_ask_for_a_command_token() {
+        let mut hub = hub();
+        send(&mut hub, 1, r#"{"event":"join","room":"lobby"}"#);
+        let asked = std::cell::Cell::new(0);
+        let take = || {
+            asked.set(asked.get() + 1);
+            false
+        };
+        let control = Control {
+            take_command: &take,
+            presence_max_members: PRESENCE_MAX,
+        };
+        for request in [
+            r#"{"event":"ping"}"#,
+            r#"{"event":"message","room":"lobby","data":1}"#,
+            r#"{"event":"message","data":1}"#,
+            r#"{"event":"direct","to":"bob","data":1}"#,
+            r#"{"event":"dance"}"#,
+            "not json",
+        ] {
+            let out = send_under(&mut hub, 1, &allow_all, control, request);
+            assert!(
+                out.iter().all(|delivery| !delivery.json.contains("429")),
+                "{request}: {out:?}"
+            );
+        }
+        assert_eq!(asked.get(), 0);
+    }
+
+    #[test]
+    fn presence_counts_the_connection_joining_or_leaving_against_the_limit() {
+        assert!(announced(2, 3));
+        assert!(announced(3, 3));
+        assert!(!announced(4, 3));
+        assert!(!announced(1, 0));
+    }
+
+    #[test]
+    fn rooms_above_the_presence_limit_announce_no_join_or_leave_but_still_count() {
+        let mut hub = Hub::default();
+        for (conn, user) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+            hub.connect(ConnId(conn), user);
+        }
+        let control = Control {
+            take_command: &unlimited,
+            presence_max_members: 3,
+        };
+        let join = |hub: &mut Hub, conn| {
+            send_under(
+                hub,
+                conn,
+                &allow_all,
+                control,
+                r#"{"event":"join","room":"big"}"#,
+            )
+        };
+        join(&mut hub, 0);
+        assert_eq!(join(&mut hub, 1).len(), 2, "2 members: announced");
+        assert_eq!(join(&mut hub, 2).len(), 2, "3 members: announced");
+        assert_eq!(
+            join(&mut hub, 3),
+            [to_conn(
+                3,
+                r#"{"event":"join","code":0,"room":"big","data":{"count":4}}"#
+            )],
+            "4 members: the joiner learns the count, nobody else hears"
+        );
+        join(&mut hub, 4);
+        let online = send_under(
+            &mut hub,
+            0,
+            &allow_all,
+            control,
+            r#"{"event":"online","room":"big"}"#,
+        );
+        assert!(online[0].json.contains(r#""count":5"#), "{online:?}");
+
+        let quit = r#"{"event":"quit","room":"big"}"#;
+        let out = send_under(&mut hub, 4, &allow_all, control, quit);
+        assert_eq!(out.len(), 1, "left a room of 5: not announced: {out:?}");
+        let mut out = Vec::new();
+        disconnect(&mut hub, ConnId(3), 3, &mut out);
+        assert_eq!(out, [], "left a room of 4: not announced");
+        let out = send_under(&mut hub, 2, &allow_all, control, quit);
+        assert_eq!(
+            out[1],
+            to(
+                room("big"),
+                r#"{"event":"presence","room":"big","data":{"user":"c","state":"leave"}}"#
+            ),
+            "left a room of 3: announced"
+        );
+        let mut out = Vec::new();
+        disconnect(&mut hub, ConnId(1), 3, &mut out);
+        assert_eq!(out.len(), 1, "left a room of 2: announced");
+        assert_eq!(recipients(&hub, &out[0].target), [0]);
     }
 }

@@ -1,10 +1,12 @@
 //! The WebSocket side of an open connection: tungstenite's protocol state over bytes the loop
-//! already read, and what the connection may do (its message budget, its `rooms` claim).
+//! already read, and what the connection may do (its message and command budgets, its `rooms`
+//! claim).
 //!
 //! No socket and no clock: bytes go in, complete messages and tungstenite's own replies (pongs,
 //! the close reply) come out. The loop reads every socket into one shared buffer and hands the
 //! bytes here; replies go to the connection's [`OutputQueue`], never to a socket.
 
+use std::cell::Cell;
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
@@ -14,7 +16,7 @@ use tungstenite::{Error as WsError, Message};
 use crate::auth::RoomRule;
 use crate::frame::close_code;
 use crate::outbuf::OutputQueue;
-use crate::ratelimit::TokenBucket;
+use crate::ratelimit::{Rate, TokenBucket};
 
 /// The WebSocket side of an open connection.
 pub struct Session {
@@ -24,6 +26,13 @@ pub struct Session {
     /// Per-connection message budget when `--rate-limit` is set; boxed so connections pay a
     /// pointer when it is not.
     bucket: Option<Box<TokenBucket>>,
+    /// The `--command-rate` bucket for `join`, `quit` and `online` (the requests that make the
+    /// hub, or every member of a room, work for one client): when it will be full again. Always
+    /// on, so inline, and only its state: the rate is the same for everyone and comes from the
+    /// configuration, which keeps an open session within the space the HTTP phase takes
+    /// anyway. A `Cell` because the events core draws on it through the same shared borrow of
+    /// the session as `may_join`, and only once a frame turns out to be a command.
+    commands_full_at: Cell<Instant>,
     /// The JWT `rooms` claim: which rooms this connection may join (`None`: any). Boxed so a
     /// connection without one pays a pointer.
     rooms: Option<Box<RoomRule>>,
@@ -53,6 +62,7 @@ impl Session {
         Session {
             ctx: None,
             bucket: bucket.map(Box::new),
+            commands_full_at: Cell::new(now),
             rooms: rooms.map(Box::new),
             next_ping: now + ping_interval,
         }
@@ -82,6 +92,15 @@ impl Session {
         self.bucket
             .as_mut()
             .is_none_or(|bucket| bucket.try_take(now))
+    }
+
+    /// Takes one command from the `--command-rate` budget (`rate`); false when the command must
+    /// be refused.
+    pub fn take_command_token(&self, rate: Rate, now: Instant) -> bool {
+        let mut full_at = self.commands_full_at.get();
+        let taken = rate.try_take(&mut full_at, now);
+        self.commands_full_at.set(full_at);
+        taken
     }
 
     /// Feeds bytes read from the socket to tungstenite; complete messages are appended to
@@ -177,6 +196,19 @@ mod tests {
         let mut out = Vec::new();
         client_wire::encode_masked(first, payload, [1, 2, 3, 4], &mut out);
         out
+    }
+
+    #[test]
+    fn command_budget_starts_full_and_refills_at_the_rate() {
+        let now = Instant::now();
+        let session = Session::new(None, None, Duration::from_secs(30), now);
+        let rate = Rate::per_second(20);
+        let taken = (0..100)
+            .filter(|_| session.take_command_token(rate, now))
+            .count();
+        assert_eq!(taken, 40);
+        assert!(session.take_command_token(rate, now + Duration::from_millis(50)));
+        assert!(!session.take_command_token(rate, now + Duration::from_millis(50)));
     }
 
     #[test]

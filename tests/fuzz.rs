@@ -23,7 +23,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use wshub::assets::Assets;
 use wshub::auth::JwtVerifier;
-use wshub::events::{self, Context, Delivery};
+use wshub::events::{self, Context, Control, Delivery};
 use wshub::http::request::{Limits, RequestReader};
 use wshub::http::upgrade::Policy;
 use wshub::http::{Request, Route, RouteContext, route};
@@ -345,6 +345,10 @@ fn check_event(hub: &mut Hub, text: &str) -> Vec<Delivery> {
         now_ms: 1_700_000_000_000,
         may_join: &allow_all_but_secret,
         max_message_size: MAX_EVENT,
+        control: Control {
+            take_command: &|| true,
+            presence_max_members: 1_000,
+        },
     };
     let mut out = Vec::new();
     events::handle(hub, &ctx, text, &mut out);

@@ -168,3 +168,12 @@ fn a_closing_connection_whose_peer_left_finishes_after_its_last_byte() {
         .expect("FIN after the answer");
     assert_eq!(rest, b"HTTP/1.1 400 Bad Request\r\n\r\n");
 }
+
+#[test]
+fn an_open_session_with_its_command_budget_costs_no_more_per_connection() {
+    // The per-connection figure ARCHITECTURE.md gives: the session (with its inline
+    // `--command-rate` bucket) fits in the space the HTTP phase's request reader takes anyway.
+    assert!(size_of::<Session>() <= 56);
+    assert!(size_of::<Phase>() <= 64);
+    assert!(size_of::<Connection>() <= 248);
+}

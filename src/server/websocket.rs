@@ -15,6 +15,7 @@ use crate::config::Protocol;
 use crate::events::{self, Failure};
 use crate::frame::OpCode;
 use crate::hub::{ConnId, Target};
+use crate::ratelimit::Rate;
 use crate::session::Feed;
 
 impl Server {
@@ -81,6 +82,13 @@ impl Server {
                     now_ms: unix_ms(),
                     may_join: &|room| session.may_join(room),
                     max_message_size: self.config.max_message_size,
+                    control: events::Control {
+                        take_command: &|| {
+                            let rate = Rate::per_second(self.config.command_rate);
+                            session.take_command_token(rate, self.now)
+                        },
+                        presence_max_members: self.config.presence_max_members,
+                    },
                 };
                 events::handle(&mut self.hub, &ctx, text, &mut self.deliveries);
                 self.deliver();
@@ -121,7 +129,12 @@ impl Server {
             return false;
         }
         if self.config.protocol == Protocol::Events {
-            events::disconnect(&mut self.hub, id, &mut self.deliveries);
+            events::disconnect(
+                &mut self.hub,
+                id,
+                self.config.presence_max_members,
+                &mut self.deliveries,
+            );
             self.deliver();
         } else {
             self.hub.disconnect(id);
