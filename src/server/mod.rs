@@ -46,6 +46,7 @@ use crate::conn::Timeouts;
 use crate::events::Delivery;
 use crate::hub::{ConnId, Hub};
 use crate::metrics::Metrics;
+use crate::peers::Peers;
 
 use accept::Acceptor;
 use input::SCRATCH_SIZE;
@@ -91,6 +92,10 @@ pub struct Server {
     table: ConnTable,
     /// Rooms, users and their connections: exactly the connections that are `Open` or `Lagging`.
     hub: Hub,
+    /// What each client address holds, against the per-address limits: counted when a
+    /// connection is accepted, enters the hub (`upgrade`), leaves it (`leave_hub`) and is
+    /// reaped, nowhere else.
+    peers: Peers,
     /// One liveness timer per connection.
     liveness: Liveness,
     /// Signals, and the drain once shutdown began.
@@ -165,6 +170,7 @@ impl Server {
             acceptor,
             table: ConnTable::with_capacity(capacity, config.max_buffered),
             hub: Hub::with_capacity(capacity),
+            peers: Peers::new(config.max_connections_per_ip, &config.trusted_proxies),
             liveness: Liveness::new(timeouts, capacity, now),
             shutdown: Shutdown::default(),
             metrics: Metrics::default(),
