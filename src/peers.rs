@@ -157,7 +157,10 @@ mod tests {
         assert!(peers.may_upgrade(ip("198.51.100.8")), "others are not held");
         let addr = ip("198.51.100.7");
         peers.left_hub(addr, addr);
-        assert!(peers.may_upgrade(addr), "a slot is free once one leaves the hub");
+        assert!(
+            peers.may_upgrade(addr),
+            "a slot is free once one leaves the hub"
+        );
         peers.removed(addr);
         peers.left_hub(addr, addr);
         peers.removed(addr);
@@ -196,7 +199,10 @@ mod tests {
             peers.accepted(nginx);
         }
         assert!(!peers.may_accept(peer), "the bound is reached");
-        assert!(peers.may_accept(nginx), "a trusted proxy carries many clients");
+        assert!(
+            peers.may_accept(nginx),
+            "a trusted proxy carries many clients"
+        );
         // Behind the proxy each forwarded client has its own WebSocket limit.
         let (alice, bob) = (ip("198.51.100.1"), ip("198.51.100.2"));
         peers.upgraded(nginx, alice);

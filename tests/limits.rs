@@ -134,7 +134,9 @@ fn one_address_cannot_take_every_slot_nor_lock_others_out() {
     let addr = start(&["--max-connections", "200", "--max-connections-per-ip", "8"]);
     let (statuses, _websockets) = upgrades("127.0.0.2", addr, 200);
     // More than the HTTP headroom (1 024) above --max-connections.
-    let idle: Vec<TcpStream> = (0..1_100).map(|_| connect_from("127.0.0.2", addr)).collect();
+    let idle: Vec<TcpStream> = (0..1_100)
+        .map(|_| connect_from("127.0.0.2", addr))
+        .collect();
     let (other_upgrade, _other) = upgrade_from("127.0.0.3", addr, "");
     let (other_healthz, _) = healthz_from("127.0.0.3", addr);
     assert_eq!(
@@ -183,8 +185,9 @@ fn a_closing_answer_frees_its_socket_within_a_second_or_two() {
         let answered = Instant::now();
         let held = held_for(&mut stream, answered, Duration::from_secs(4));
         assert!(
-            held.is_some_and(|held| held > Duration::from_millis(500)
-                && held < Duration::from_secs(2)),
+            held.is_some_and(
+                |held| held > Duration::from_millis(500) && held < Duration::from_secs(2)
+            ),
             "after its {status} answer the server held the socket for {held:?} (None: over 4 s)"
         );
     }
@@ -240,14 +243,15 @@ fn an_address_opens_its_websockets_again_after_they_go_every_way() {
     close_handshake(&mut handshake);
     drop(open.remove(0));
     let reset = Socket::from(open.remove(0));
-    reset
-        .set_linger(Some(Duration::ZERO))
-        .expect("SO_LINGER 0");
+    reset.set_linger(Some(Duration::ZERO)).expect("SO_LINGER 0");
     drop(reset);
     eventually("the first round to leave the hub", all_gone);
 
     let (statuses, mut open) = upgrades("127.0.0.4", addr, 4);
-    assert_eq!(statuses, share, "after a close handshake, an EOF and a reset");
+    assert_eq!(
+        statuses, share,
+        "after a close handshake, an EOF and a reset"
+    );
     // Silent clients: the server closes them (1001) after the idle timeout.
     for stream in &mut open {
         assert_eq!(read_close_code(stream), 1001);
