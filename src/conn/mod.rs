@@ -6,7 +6,8 @@
 //!
 //! - [`Phase`], its life: `Http` (requests are read and answered) → `Open` (upgraded and in the
 //!   hub) → `Closing` (out of the hub; the last bytes are flushed, input is dropped until the
-//!   peer closes) → `Doomed` (removed at the end of the turn). An open connection that falls
+//!   peer closes, for at most a second after an HTTP answer that ends the connection) →
+//!   `Doomed` (removed at the end of the turn). An open connection that falls
 //!   behind a fan-out is `Lagging` until the loop closes it; an HTTP connection may go straight
 //!   to `Closing` or `Doomed`. Whether the socket is read follows from the phase alone.
 //! - `Write`, its output: `Idle` → `Queued` (on the loop's write list) → `Idle` once drained,

@@ -2,8 +2,8 @@
 //! and the timers. This file holds the loop and the order of a turn; each concern it calls into
 //! has a file of its own:
 //!
-//! - `accept`: the listening socket, accepting (the connection cap, the descriptor backoff) and
-//!   reaping doomed connections.
+//! - `accept`: the listening socket, accepting (the connection cap, the per-peer socket bound,
+//!   the descriptor backoff) and reaping doomed connections.
 //! - `input`: reading a ready socket under its budget and handing the bytes to HTTP or WebSocket.
 //! - `http`: answering HTTP requests, the API, and the upgrade to WebSocket.
 //! - `websocket`: WebSocket messages to raw / echo / events, and how a session ends.
