@@ -15,6 +15,7 @@
 //! - [`hub`]: rooms, users and their connections.
 //! - [`auth`]: JWT verification, token carriers, the `rooms` claim, the API key check.
 //! - [`netaddr`]: CIDRs and the client address behind trusted proxies.
+//! - [`peers`]: what each client address holds, against the per-address limits.
 //! - [`session`]: an open connection's WebSocket side: tungstenite over bytes, its budget and
 //!   `rooms` claim.
 //! - [`events`]: the JSON `events` protocol on top of the hub.
@@ -37,6 +38,7 @@ pub mod hub;
 pub mod metrics;
 pub mod netaddr;
 pub mod outbuf;
+pub mod peers;
 pub mod ratelimit;
 pub mod server;
 pub mod session;

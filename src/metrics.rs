@@ -15,18 +15,21 @@ pub enum HandshakeFailure {
     MethodNotAllowed,
     Unauthorized,
     Forbidden,
+    /// The client's address holds `--max-connections-per-ip` WebSocket connections (429).
+    AddressLimit,
     AtCapacity,
     Timeout,
 }
 
 impl HandshakeFailure {
-    const ALL: [HandshakeFailure; 8] = [
+    const ALL: [HandshakeFailure; 9] = [
         HandshakeFailure::Malformed,
         HandshakeFailure::HeaderTooLarge,
         HandshakeFailure::UpgradeRequired,
         HandshakeFailure::MethodNotAllowed,
         HandshakeFailure::Unauthorized,
         HandshakeFailure::Forbidden,
+        HandshakeFailure::AddressLimit,
         HandshakeFailure::AtCapacity,
         HandshakeFailure::Timeout,
     ];
@@ -38,6 +41,7 @@ impl HandshakeFailure {
             403 => HandshakeFailure::Forbidden,
             405 => HandshakeFailure::MethodNotAllowed,
             426 => HandshakeFailure::UpgradeRequired,
+            429 => HandshakeFailure::AddressLimit,
             431 => HandshakeFailure::HeaderTooLarge,
             503 => HandshakeFailure::AtCapacity,
             _ => HandshakeFailure::Malformed,
@@ -52,6 +56,7 @@ impl HandshakeFailure {
             HandshakeFailure::MethodNotAllowed => "method_not_allowed",
             HandshakeFailure::Unauthorized => "unauthorized",
             HandshakeFailure::Forbidden => "forbidden",
+            HandshakeFailure::AddressLimit => "address_limit",
             HandshakeFailure::AtCapacity => "at_capacity",
             HandshakeFailure::Timeout => "timeout",
         }

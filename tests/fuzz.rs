@@ -142,13 +142,15 @@ fn valid_token() -> String {
 }
 
 /// Routes `request` under every server setting that changes the decision; the answer must be
-/// a success, a 4xx, or 503 when (and only when) the server is full.
+/// a success, a 4xx (429 only when the client's address is at its limit), or 503 when (and
+/// only when) the server is full.
 fn check_route(request: &Request) {
     let assets = Assets::embedded();
-    for (at_capacity, verifier, api_key) in [
-        (false, None, None),
-        (true, None, Some("key")),
-        (false, Some(verifier()), Some("key")),
+    for (address_full, at_capacity, verifier, api_key) in [
+        (false, false, None, None),
+        (false, true, None, Some("key")),
+        (false, false, Some(verifier()), Some("key")),
+        (true, true, None, None),
     ] {
         let ctx = RouteContext {
             ws_path: "/ws",
@@ -158,13 +160,15 @@ fn check_route(request: &Request) {
                 now: SystemTime::now(),
             },
             assets: &assets,
+            address_full,
             at_capacity,
             api_key,
         };
         if let Route::Respond(response) = route(request, &ctx) {
             let status = response.status;
-            let allowed =
-                status == 200 || (400..500).contains(&status) || (status == 503 && at_capacity);
+            let allowed = status == 200
+                || ((400..500).contains(&status) && (status != 429 || address_full))
+                || (status == 503 && at_capacity);
             assert!(
                 allowed,
                 "{} {} answered {status}",

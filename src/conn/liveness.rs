@@ -3,7 +3,13 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Connection, Phase};
+use super::{After, Connection, Phase};
+
+/// How long a socket may stay once an HTTP answer that ends it has been written (FIN sent):
+/// input is read and dropped meanwhile, so bytes the client sent after its request (pipelined
+/// requests, the rest of a refused body) do not make the close a reset that destroys the
+/// answer before the client reads it. A peer that keeps the socket open past this has it closed.
+const ANSWERED_LINGER: Duration = Duration::from_secs(1);
 
 /// What a liveness check found due.
 #[derive(Debug, PartialEq, Eq)]
@@ -23,7 +29,8 @@ pub enum Expiry {
     Idle,
     /// Pending output made no progress for `--write-timeout`.
     WriteStall,
-    /// A closing connection's peer never finished closing.
+    /// A closing connection's peer never finished closing: within the write timeout after a
+    /// WebSocket close, or shortly after an HTTP answer that ends the connection was written.
     Linger,
 }
 
@@ -49,9 +56,10 @@ impl Connection {
             Phase::Http { .. } => {
                 (now >= self.phase_since + timeouts.handshake).then_some(Expiry::Handshake)
             }
-            Phase::Closing { .. } | Phase::Doomed => {
-                (now >= self.phase_since + timeouts.write).then_some(Expiry::Linger)
+            Phase::Closing { after, .. } => {
+                (now >= self.closing_deadline(*after, timeouts)).then_some(Expiry::Linger)
             }
+            Phase::Doomed => (now >= self.phase_since + timeouts.write).then_some(Expiry::Linger),
             Phase::Open(_) | Phase::Lagging => {
                 (now >= self.last_input + timeouts.idle).then_some(Expiry::Idle)
             }
@@ -74,7 +82,8 @@ impl Connection {
     pub fn earliest_deadline(&self, timeouts: &Timeouts) -> Instant {
         let phase_deadline = match &self.phase {
             Phase::Http { .. } => self.phase_since + timeouts.handshake,
-            Phase::Closing { .. } | Phase::Doomed => self.phase_since + timeouts.write,
+            Phase::Closing { after, .. } => self.closing_deadline(*after, timeouts),
+            Phase::Doomed => self.phase_since + timeouts.write,
             Phase::Open(session) => (self.last_input + timeouts.idle).min(session.next_ping()),
             Phase::Lagging => self.last_input + timeouts.idle,
         };
@@ -82,6 +91,19 @@ impl Connection {
             phase_deadline
         } else {
             phase_deadline.min(self.last_progress + timeouts.write)
+        }
+    }
+
+    /// When a closing connection whose peer has not closed is given up: the write timeout
+    /// after closing began, or, after an HTTP answer, [`ANSWERED_LINGER`] after its last byte
+    /// was written (the last progress, once nothing is pending).
+    fn closing_deadline(&self, after: After, timeouts: &Timeouts) -> Instant {
+        let give_up = self.phase_since + timeouts.write;
+        match after {
+            After::Http if self.output.is_empty() => {
+                give_up.min(self.phase_since.max(self.last_progress) + ANSWERED_LINGER)
+            }
+            After::Http | After::WebSocket => give_up,
         }
     }
 }

@@ -6,7 +6,8 @@
 //!
 //! - [`Phase`], its life: `Http` (requests are read and answered) → `Open` (upgraded and in the
 //!   hub) → `Closing` (out of the hub; the last bytes are flushed, input is dropped until the
-//!   peer closes) → `Doomed` (removed at the end of the turn). An open connection that falls
+//!   peer closes, for at most a second after an HTTP answer that ends the connection) →
+//!   `Doomed` (removed at the end of the turn). An open connection that falls
 //!   behind a fan-out is `Lagging` until the loop closes it; an HTTP connection may go straight
 //!   to `Closing` or `Doomed`. Whether the socket is read follows from the phase alone.
 //! - `Write`, its output: `Idle` → `Queued` (on the loop's write list) → `Idle` once drained,
@@ -62,9 +63,23 @@ pub enum Phase {
         /// The peer closed its side (end of stream): once the output is flushed there is
         /// nothing left to do, and nothing more to read.
         peer_closed: bool,
+        /// What is being closed, which decides how long the peer may keep the socket once the
+        /// last byte is written.
+        after: After,
     },
     /// Out of the hub and finished: removed at the end of the turn, never read or written again.
     Doomed,
+}
+
+/// What a closing connection was before it began to close.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum After {
+    /// An HTTP answer that ends the connection (a refusal, `Connection: close`, shutdown): once
+    /// it is written the socket lingers briefly, so a peer that keeps it open (a refused client,
+    /// an attacker) does not hold a slot for the whole write timeout.
+    Http,
+    /// A WebSocket session: the close handshake may take until the write timeout.
+    WebSocket,
 }
 
 /// One client connection.
@@ -148,7 +163,7 @@ impl Connection {
         let wanted = match &self.phase {
             Phase::Http { paused, .. } => !paused,
             Phase::Open(_) => true,
-            Phase::Closing { peer_closed } => !peer_closed,
+            Phase::Closing { peer_closed, .. } => !peer_closed,
             Phase::Lagging | Phase::Doomed => false,
         };
         wanted && self.read_spent_in != turn
@@ -247,7 +262,7 @@ impl Connection {
     pub fn leave_open(&mut self, now: Instant) -> bool {
         let in_hub = matches!(self.phase, Phase::Open(_) | Phase::Lagging);
         if in_hub {
-            self.begin_closing(false, now);
+            self.begin_closing(false, After::WebSocket, now);
         }
         in_hub
     }
@@ -255,7 +270,7 @@ impl Connection {
     /// An HTTP connection stops taking requests: what is queued is flushed, then it closes.
     pub fn finish_http(&mut self, now: Instant) {
         if matches!(self.phase, Phase::Http { .. }) {
-            self.begin_closing(false, now);
+            self.begin_closing(false, After::Http, now);
         }
     }
 
@@ -263,16 +278,17 @@ impl Connection {
     /// goes. (An open one must leave the hub first.)
     pub fn peer_closed(&mut self, now: Instant) {
         match self.phase {
-            Phase::Http { .. } => self.begin_closing(true, now),
+            Phase::Http { .. } => self.begin_closing(true, After::Http, now),
             Phase::Closing {
                 ref mut peer_closed,
+                ..
             } => *peer_closed = true,
             Phase::Open(_) | Phase::Lagging | Phase::Doomed => {}
         }
     }
 
-    fn begin_closing(&mut self, peer_closed: bool, now: Instant) {
-        self.phase = Phase::Closing { peer_closed };
+    fn begin_closing(&mut self, peer_closed: bool, after: After, now: Instant) {
+        self.phase = Phase::Closing { peer_closed, after };
         self.phase_since = now;
     }
 

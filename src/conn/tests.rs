@@ -128,7 +128,10 @@ fn only_a_connection_in_the_hub_leaves_it_and_only_a_finished_one_is_doomed() {
     assert!(conn.leave_open(now), "lagging is still in the hub");
     assert!(matches!(
         conn.phase(),
-        Phase::Closing { peer_closed: false }
+        Phase::Closing {
+            peer_closed: false,
+            after: After::WebSocket
+        }
     ));
     assert!(!conn.leave_open(now), "it leaves once");
     assert!(conn.doom());
@@ -176,4 +179,42 @@ fn an_open_session_with_its_command_budget_costs_no_more_per_connection() {
     assert!(size_of::<Session>() <= 56);
     assert!(size_of::<Phase>() <= 64);
     assert!(size_of::<Connection>() <= 248);
+}
+
+#[test]
+fn an_answered_http_connection_lingers_briefly_a_websocket_close_until_the_write_timeout() {
+    let timeouts = Timeouts {
+        handshake: Duration::from_secs(10),
+        ping_interval: Duration::from_secs(30),
+        idle: Duration::from_secs(75),
+        write: Duration::from_secs(10),
+    };
+    let mut answered = pair();
+    let now = Instant::now();
+    answered.conn.push(b"HTTP/1.1 400 Bad Request\r\n\r\n", now);
+    let _ = answered.conn.queue();
+    answered.conn.finish_http(now);
+    assert_eq!(
+        answered.conn.earliest_deadline(&timeouts),
+        now + timeouts.write,
+        "an answer still being written has the write timeout"
+    );
+    assert_eq!(answered.flush(usize::MAX), Flushed::Drained);
+    assert_eq!(answered.conn.drained(), Drained::Lingering);
+    let lingered = answered.conn.earliest_deadline(&timeouts);
+    assert!(
+        lingered <= Instant::now() + Duration::from_secs(1),
+        "written: at most a second more"
+    );
+    assert!(matches!(
+        answered.conn.check(lingered, &timeouts),
+        Due::Expired(Expiry::Linger)
+    ));
+
+    let mut conn = pair().conn;
+    open(&mut conn);
+    let now = Instant::now();
+    assert!(conn.leave_open(now));
+    assert_eq!(conn.drained(), Drained::Nothing);
+    assert_eq!(conn.earliest_deadline(&timeouts), now + timeouts.write);
 }

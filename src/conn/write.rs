@@ -8,7 +8,7 @@ use std::time::Instant;
 use log::debug;
 use mio::{Interest, Registry, Token};
 
-use super::{Connection, Phase};
+use super::{After, Connection, Phase};
 use crate::frame;
 
 /// Where a connection's output stands with the loop's write pass, and what epoll watches.
@@ -48,6 +48,9 @@ pub enum Drained {
     ResumeReading,
     /// A closing connection whose peer already left has sent its last byte: remove it.
     Finished,
+    /// A connection closing after an HTTP answer has sent its last byte and FIN: it may only
+    /// linger briefly now, so its timer must come earlier.
+    Lingering,
 }
 
 impl Connection {
@@ -155,13 +158,13 @@ impl Connection {
                 *paused = false;
                 Drained::ResumeReading
             }
-            Phase::Closing { peer_closed } => {
+            Phase::Closing { peer_closed, after } => {
                 // Failure only means the peer is already gone, which removal handles.
                 let _ = self.socket.shutdown(Shutdown::Write);
-                if *peer_closed {
-                    Drained::Finished
-                } else {
-                    Drained::Nothing
+                match (*peer_closed, *after) {
+                    (true, _) => Drained::Finished,
+                    (false, After::Http) => Drained::Lingering,
+                    (false, After::WebSocket) => Drained::Nothing,
                 }
             }
             _ => Drained::Nothing,

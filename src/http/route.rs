@@ -15,6 +15,9 @@ pub struct RouteContext<'a> {
     pub policy: Policy<'a>,
     /// The page's files.
     pub assets: &'a Assets,
+    /// True when the client's address holds `--max-connections-per-ip` WebSocket connections,
+    /// so its upgrades get 429.
+    pub address_full: bool,
     /// True when `--max-connections` WebSocket connections are open, so upgrades get 503.
     pub at_capacity: bool,
     /// `--api-key`; the API answers 404 without one.
@@ -41,6 +44,11 @@ pub fn route(request: &Request, ctx: &RouteContext) -> Route {
     let path = request.path.as_str();
     if path == ctx.ws_path {
         return match upgrade::check(request, &ctx.policy) {
+            // Before the server-wide cap: the client learns the limit is its own.
+            Ok(_) if ctx.address_full => Route::Respond(Response::fatal(
+                429,
+                "too many connections from your address\n",
+            )),
             Ok(_) if ctx.at_capacity => {
                 Route::Respond(Response::fatal(503, "server is at its connection limit\n"))
             }
@@ -160,7 +168,15 @@ mod tests {
     use super::*;
     use crate::http::request::parse;
 
-    fn decide_with_key(head: &str, at_capacity: bool, api_key: Option<&str>) -> Route {
+    /// What the server knows besides the request, for one decision.
+    #[derive(Default)]
+    struct Situation<'k> {
+        address_full: bool,
+        at_capacity: bool,
+        api_key: Option<&'k str>,
+    }
+
+    fn decide_in(head: &str, situation: Situation) -> Route {
         let assets = Assets::embedded();
         let ctx = RouteContext {
             ws_path: "/ws",
@@ -170,10 +186,22 @@ mod tests {
                 now: std::time::SystemTime::now(),
             },
             assets: &assets,
-            at_capacity,
-            api_key,
+            address_full: situation.address_full,
+            at_capacity: situation.at_capacity,
+            api_key: situation.api_key,
         };
         route(&parse(head.as_bytes()).unwrap().0, &ctx)
+    }
+
+    fn decide_with_key(head: &str, at_capacity: bool, api_key: Option<&str>) -> Route {
+        decide_in(
+            head,
+            Situation {
+                at_capacity,
+                api_key,
+                ..Situation::default()
+            },
+        )
     }
 
     fn decide(head: &str, at_capacity: bool) -> Route {
@@ -243,6 +271,40 @@ mod tests {
             status(decide("DELETE /healthz HTTP/1.1\r\n\r\n", false)),
             405
         );
+    }
+
+    #[test]
+    fn an_address_at_its_limit_gets_429_for_upgrades_only() {
+        let full = |head: &str| {
+            decide_in(
+                head,
+                Situation {
+                    address_full: true,
+                    ..Situation::default()
+                },
+            )
+        };
+        let Route::Respond(refusal) = full(UPGRADE) else {
+            panic!("expected a response");
+        };
+        assert_eq!(refusal.status, 429);
+        assert!(refusal.close, "a refused upgrade closes the connection");
+        let both = Situation {
+            address_full: true,
+            at_capacity: true,
+            ..Situation::default()
+        };
+        assert_eq!(
+            status(decide_in(UPGRADE, both)),
+            429,
+            "the client's own limit is named first"
+        );
+        assert_eq!(
+            status(full("GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")),
+            426,
+            "a request that is no upgrade is told so"
+        );
+        assert_eq!(status(full("GET /healthz HTTP/1.1\r\n\r\n")), 200);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Where connections come from and where they go: the listening socket, accepting under the
-//! connection cap (with a backoff when descriptors run out), and reaping doomed connections at
-//! the end of the turn.
+//! connection cap and the per-peer socket bound (with a backoff when descriptors run out), and
+//! reaping doomed connections at the end of the turn.
 //!
 //! Owns the listener. Must not accept during a write pass (the pass defers the listener's
 //! readiness to the next turn), and must not free a slot before its key has left the hub, every
@@ -92,6 +92,12 @@ impl Server {
                     debug!("{peer}: refused, {} connections open", self.table.len());
                     drop(socket);
                 }
+                Ok((socket, peer)) if !self.peers.may_accept(peer.ip()) => {
+                    // One address holding this many sockets outside the hub would otherwise
+                    // fill the HTTP headroom every other address needs.
+                    debug!("{peer}: refused, too many sockets from this address");
+                    drop(socket);
+                }
                 Ok((socket, peer)) => self.add_connection(socket, peer),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e)
@@ -131,6 +137,7 @@ impl Server {
         let Some(id) = self.table.insert(conn, self.poll.registry()) else {
             return;
         };
+        self.peers.accepted(peer.ip());
         if let Some(conn) = self.table.get_mut(id) {
             self.liveness.arm(conn, id);
         }
@@ -146,8 +153,10 @@ impl Server {
     /// Removes the connections doomed this turn: out of every list, timer cancelled, slot freed.
     pub(super) fn reap(&mut self) {
         let liveness = &mut self.liveness;
+        let peers = &mut self.peers;
         self.table.reap(|conn| {
             liveness.disarm(conn);
+            peers.removed(conn.peer);
             debug!("{}: connection removed", conn.client);
         });
     }

@@ -88,6 +88,7 @@ impl Server {
                     now: SystemTime::now(),
                 },
                 assets: &self.assets,
+                address_full: !self.peers.may_upgrade(conn.client),
                 at_capacity: self.hub.connection_count() >= self.config.max_connections,
                 api_key: self.config.api_key.as_deref(),
             };
@@ -239,6 +240,7 @@ impl Server {
             self.now,
         );
         conn.open(session, self.now);
+        self.peers.upgraded(conn.peer, conn.client);
         self.hub.connect(id, &user);
         self.metrics.connections_total += 1;
         self.reschedule(id);

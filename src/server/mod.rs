@@ -2,8 +2,8 @@
 //! and the timers. This file holds the loop and the order of a turn; each concern it calls into
 //! has a file of its own:
 //!
-//! - `accept`: the listening socket, accepting (the connection cap, the descriptor backoff) and
-//!   reaping doomed connections.
+//! - `accept`: the listening socket, accepting (the connection cap, the per-peer socket bound,
+//!   the descriptor backoff) and reaping doomed connections.
 //! - `input`: reading a ready socket under its budget and handing the bytes to HTTP or WebSocket.
 //! - `http`: answering HTTP requests, the API, and the upgrade to WebSocket.
 //! - `websocket`: WebSocket messages to raw / echo / events, and how a session ends.
@@ -49,6 +49,7 @@ use crate::conn::Timeouts;
 use crate::events::Delivery;
 use crate::hub::{ConnId, Hub};
 use crate::metrics::Metrics;
+use crate::peers::Peers;
 
 use accept::Acceptor;
 use input::SCRATCH_SIZE;
@@ -94,6 +95,10 @@ pub struct Server {
     table: ConnTable,
     /// Rooms, users and their connections: exactly the connections that are `Open` or `Lagging`.
     hub: Hub,
+    /// What each client address holds, against the per-address limits: counted when a
+    /// connection is accepted, enters the hub (`upgrade`), leaves it (`leave_hub`) and is
+    /// reaped, nowhere else.
+    peers: Peers,
     /// One liveness timer per connection.
     liveness: Liveness,
     /// Signals, and the drain once shutdown began.
@@ -172,6 +177,7 @@ impl Server {
                 config.max_output_memory,
             ),
             hub: Hub::with_capacity(capacity),
+            peers: Peers::new(config.max_connections_per_ip, &config.trusted_proxies),
             liveness: Liveness::new(timeouts, capacity, now),
             shutdown: Shutdown::default(),
             metrics: Metrics::default(),

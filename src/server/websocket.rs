@@ -128,6 +128,7 @@ impl Server {
         if !conn.leave_open(self.now) {
             return false;
         }
+        self.peers.left_hub(conn.peer, conn.client);
         if self.config.protocol == Protocol::Events {
             events::disconnect(
                 &mut self.hub,

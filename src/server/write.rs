@@ -69,6 +69,7 @@ impl Server {
                 Drained::Nothing => {}
                 Drained::ResumeReading => self.table.read_next_turn(id),
                 Drained::Finished => self.doom(id),
+                Drained::Lingering => self.reschedule(id),
             },
             Ok(Flushed::Blocked) => self.reschedule(id),
             Err(e) => {
