@@ -120,6 +120,13 @@ impl From<Vec<String>> for RoomRule {
 }
 
 impl RoomRule {
+    /// Whether the rule holds a bare `*`: only then may its user reach everyone at once (a
+    /// message without a room, `online` without a room), since the claim bounds everything
+    /// reached by room and "everyone" spans every room.
+    pub fn allows_everyone(&self) -> bool {
+        self.allow_all
+    }
+
     /// Whether a user holding this rule may join `room`.
     pub fn allows(&self, room: &str) -> bool {
         self.allow_all
@@ -762,6 +769,14 @@ mod tests {
                 echo: Some("wshub")
             }
         );
+    }
+
+    #[test]
+    fn only_a_bare_star_reaches_everyone() {
+        assert!(rule(&["lobby", "*"]).allows_everyone());
+        for patterns in [&["team-*"][..], &["lobby"], &["**"], &["*x"], &[]] {
+            assert!(!rule(patterns).allows_everyone(), "{patterns:?}");
+        }
     }
 
     #[test]

@@ -344,6 +344,7 @@ fn check_event(hub: &mut Hub, text: &str) -> Vec<Delivery> {
         conn: SENDER,
         now_ms: 1_700_000_000_000,
         may_join: &allow_all_but_secret,
+        may_reach_everyone: true,
         max_message_size: MAX_EVENT,
     };
     let mut out = Vec::new();
