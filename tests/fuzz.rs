@@ -156,6 +156,7 @@ fn check_route(request: &Request) {
                 allow_origins: &[],
                 verifier,
                 now: SystemTime::now(),
+                peer_is_trusted_proxy: false,
             },
             assets: &assets,
             at_capacity,

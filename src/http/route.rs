@@ -168,6 +168,7 @@ mod tests {
                 allow_origins: &[],
                 verifier: None,
                 now: std::time::SystemTime::now(),
+                peer_is_trusted_proxy: false,
             },
             assets: &assets,
             at_capacity,
