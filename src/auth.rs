@@ -94,11 +94,13 @@ pub struct Identity {
     /// The optional `name` claim (a display name). The protocol identifies users by `sub`
     /// alone, so the server only logs it.
     pub name: Option<String>,
-    /// The optional `rooms` claim; `None` means the token puts no limit on joins.
+    /// The optional `rooms` claim; `None` means the token puts no limit on what it reaches by
+    /// room (joins, messages to everyone, `online` without a room).
     pub rooms: Option<RoomRule>,
 }
 
-/// Which rooms a user may join, from the `rooms` claim: exact names and `prefix*` patterns.
+/// Which rooms a user may join, from the `rooms` claim: exact names and `prefix*` patterns; a
+/// bare `*` also lets the user reach everyone at once.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(from = "Vec<String>")]
 pub struct RoomRule {
