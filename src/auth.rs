@@ -48,6 +48,13 @@ pub enum AuthError {
     MissingExp,
     /// The token has no `sub`, or an empty one, so there is no user to attach the connection to.
     MissingSub,
+    /// `sub` breaks the rule every user id follows (at most 64 bytes, no control characters):
+    /// ids travel in every message and presence event, and a token must not name a user that
+    /// `?user=` could not.
+    InvalidSub,
+    /// The header has a `crit` parameter: it lists extensions the token's issuer requires the
+    /// recipient to understand (RFC 7515 §4.1.11), and wshub understands none.
+    CriticalHeader,
     /// A known claim has the wrong type (`sub` not a string, `rooms` not a list of strings, …).
     InvalidClaims,
 }
@@ -64,6 +71,8 @@ impl AuthError {
             AuthError::NotYetValid => "token not yet valid",
             AuthError::MissingExp => "missing exp",
             AuthError::MissingSub => "missing sub",
+            AuthError::InvalidSub => "sub must be 1 to 64 printable characters",
+            AuthError::CriticalHeader => "unsupported critical header",
             AuthError::InvalidClaims => "invalid claims",
         }
     }
@@ -85,11 +94,13 @@ pub struct Identity {
     /// The optional `name` claim (a display name). The protocol identifies users by `sub`
     /// alone, so the server only logs it.
     pub name: Option<String>,
-    /// The optional `rooms` claim; `None` means the token puts no limit on joins.
+    /// The optional `rooms` claim; `None` means the token puts no limit on what it reaches by
+    /// room (joins, messages to everyone, `online` without a room).
     pub rooms: Option<RoomRule>,
 }
 
-/// Which rooms a user may join, from the `rooms` claim: exact names and `prefix*` patterns.
+/// Which rooms a user may join, from the `rooms` claim: exact names and `prefix*` patterns; a
+/// bare `*` also lets the user reach everyone at once.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(from = "Vec<String>")]
 pub struct RoomRule {
@@ -120,6 +131,13 @@ impl From<Vec<String>> for RoomRule {
 }
 
 impl RoomRule {
+    /// Whether the rule holds a bare `*`: only then may its user reach everyone at once (a
+    /// message without a room, `online` without a room), since the claim bounds everything
+    /// reached by room and "everyone" spans every room.
+    pub fn allows_everyone(&self) -> bool {
+        self.allow_all
+    }
+
     /// Whether a user holding this rule may join `room`.
     pub fn allows(&self, room: &str) -> bool {
         self.allow_all
@@ -148,12 +166,31 @@ struct Claims {
     rooms: Option<RoomRule>,
 }
 
-/// Just enough of a JOSE header to learn its algorithm before handing the token to
-/// `jsonwebtoken`, whose `Algorithm` type cannot even represent `none`.
+/// Just enough of a JOSE header to refuse a token before handing it to `jsonwebtoken`, whose
+/// `Algorithm` type cannot even represent `none` and whose header has no `crit`.
 #[derive(Deserialize)]
-struct HeaderAlgorithm {
+struct JoseHeader {
     /// The `alg` member, compared against [`ALLOWED_ALGORITHM`].
     alg: String,
+    /// Whether the header has a `crit` member at all: whatever it lists (even `null` or `[]`),
+    /// the issuer meant something wshub would ignore, so the token is refused.
+    #[serde(default, deserialize_with = "present")]
+    crit: bool,
+}
+
+/// Deserialises any value as `true`: with `#[serde(default)]`, a field that says whether a
+/// member was present.
+fn present<'de, D: serde::Deserializer<'de>>(member: D) -> Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(member).map(|_| true)
+}
+
+/// Longest user id, in bytes, from a token's `sub` or from `?user=` / `?id=`.
+const MAX_USER_BYTES: usize = 64;
+
+/// The one rule for user ids, whoever names them (a token's `sub`, `?user=`, `?id=`): 1 to 64
+/// bytes without control characters, so an id fits in a log line and in every event it rides in.
+pub fn valid_user_id(user: &str) -> bool {
+    !user.is_empty() && user.len() <= MAX_USER_BYTES && !user.chars().any(char::is_control)
 }
 
 /// Verifies HS256 JWTs against one shared secret.
@@ -195,14 +232,18 @@ impl JwtVerifier {
         }
     }
 
-    /// Verifies `token` as of `now`: HS256 only, `exp` required, `nbf` honoured, both with the
-    /// leeway; `sub` must be a non-empty string.
+    /// Verifies `token` as of `now`: HS256 only, no `crit` header, `exp` required, `nbf`
+    /// honoured, both with the leeway; `sub` must be a valid user id ([`valid_user_id`]).
     pub fn verify_at(&self, token: &str, now: SystemTime) -> Result<Identity, AuthError> {
         if token.is_empty() {
             return Err(AuthError::NoToken);
         }
-        if header_algorithm(token)?.alg != ALLOWED_ALGORITHM {
+        let header = jose_header(token)?;
+        if header.alg != ALLOWED_ALGORITHM {
             return Err(AuthError::AlgorithmNotAllowed);
+        }
+        if header.crit {
+            return Err(AuthError::CriticalHeader);
         }
         let payload = jsonwebtoken::decode::<serde_json::Value>(token, &self.key, &self.validation)
             .map_err(|err| match err.kind() {
@@ -235,6 +276,9 @@ impl JwtVerifier {
             .sub
             .filter(|sub| !sub.is_empty())
             .ok_or(AuthError::MissingSub)?;
+        if !valid_user_id(&user) {
+            return Err(AuthError::InvalidSub);
+        }
         Ok(Identity {
             user,
             name: claims.name.filter(|name| !name.is_empty()),
@@ -243,8 +287,8 @@ impl JwtVerifier {
     }
 }
 
-/// Reads the `alg` of a compact JWT without trusting anything else in it.
-fn header_algorithm(token: &str) -> Result<HeaderAlgorithm, AuthError> {
+/// Reads the header of a compact JWT without trusting anything else in it.
+fn jose_header(token: &str) -> Result<JoseHeader, AuthError> {
     let (header, _) = token.split_once('.').ok_or(AuthError::Malformed)?;
     let json = URL_SAFE_NO_PAD
         .decode(header)
@@ -555,6 +599,70 @@ mod tests {
     }
 
     #[test]
+    fn token_with_a_crit_header_is_refused_whatever_it_lists() {
+        let mut header = Header::new(Algorithm::HS256);
+        header.crit = Some(vec!["exp".into()]);
+        let listed =
+            jsonwebtoken::encode(&header, &valid_claims(), &EncodingKey::from_secret(SECRET))
+                .expect("test claims encode");
+        assert_eq!(
+            verifier().verify_at(&listed, now()),
+            Err(AuthError::CriticalHeader)
+        );
+        for crit in [json!(null), json!([]), json!("b64")] {
+            let signing_input = format!(
+                "{}.{}",
+                b64(&json!({"alg": "HS256", "typ": "JWT", "crit": crit})),
+                b64(&valid_claims())
+            );
+            let signature = jsonwebtoken::crypto::sign(
+                signing_input.as_bytes(),
+                &EncodingKey::from_secret(SECRET),
+                Algorithm::HS256,
+            )
+            .expect("sign");
+            assert_eq!(
+                verifier().verify_at(&format!("{signing_input}.{signature}"), now()),
+                Err(AuthError::CriticalHeader),
+                "crit {crit}"
+            );
+        }
+    }
+
+    #[test]
+    fn sub_follows_the_user_id_rule() {
+        for sub in [
+            "x".repeat(65),
+            "a\nb".into(),
+            "tab\there".into(),
+            "\u{7f}".into(),
+        ] {
+            let token = sign(&json!({"sub": sub, "exp": NOW_SECS + 60}));
+            assert_eq!(
+                verifier().verify_at(&token, now()),
+                Err(AuthError::InvalidSub),
+                "{sub:?}"
+            );
+        }
+        for sub in ["x".repeat(64), "Zoë Ünïcode".into(), "a b".into()] {
+            let token = sign(&json!({"sub": sub, "exp": NOW_SECS + 60}));
+            assert_eq!(
+                verifier().verify_at(&token, now()).map(|id| id.user),
+                Ok(sub)
+            );
+        }
+    }
+
+    #[test]
+    fn user_id_rule_counts_bytes_and_refuses_control_characters() {
+        assert!(valid_user_id("alice"));
+        assert!(valid_user_id(&"é".repeat(32)));
+        assert!(!valid_user_id(&"é".repeat(33)));
+        assert!(!valid_user_id(""));
+        assert!(!valid_user_id("a\rb"));
+    }
+
+    #[test]
     fn missing_exp_is_refused() {
         let token = sign(&json!({"sub": "alice"}));
         assert_eq!(
@@ -661,6 +769,14 @@ mod tests {
         let rule = rule(&["*"]);
         assert!(rule.allows("anything"));
         assert!(rule.allows(""));
+    }
+
+    #[test]
+    fn only_a_bare_star_reaches_everyone() {
+        assert!(rule(&["lobby", "*"]).allows_everyone());
+        for patterns in [&["team-*"][..], &["lobby"], &["**"], &["*x"], &[]] {
+            assert!(!rule(patterns).allows_everyone(), "{patterns:?}");
+        }
     }
 
     #[test]

@@ -66,6 +66,8 @@ pub struct Config {
     pub assets: Option<PathBuf>,
 
     /// Browser origin allowed besides the server's own (repeatable; `*` allows every origin).
+    /// Reached directly under a DNS name (not an IP or localhost, no --trusted-proxy in front),
+    /// even the server's own origin must be listed: that is what stops DNS rebinding.
     #[arg(
         long = "allow-origin",
         env = "WSHUB_ALLOW_ORIGIN",

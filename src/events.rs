@@ -65,6 +65,10 @@ impl Failure {
     const NOT_ALLOWED: Self = Self::new(403, "not allowed to join this room");
     const TOO_MANY_ROOMS: Self = Self::new(403, "room limit reached: quit a room first");
     const NOT_VISIBLE: Self = Self::new(403, "not allowed to see this room");
+    const NOT_TO_EVERYONE: Self =
+        Self::new(403, "a message to everyone needs * in the rooms claim");
+    const NOT_EVERYONE_VISIBLE: Self =
+        Self::new(403, "online without a room needs * in the rooms claim");
     const NOT_A_MEMBER: Self = Self::new(403, "join the room before sending to it");
     const NOT_CONNECTED: Self = Self::new(403, "connection is not registered");
     const NOT_IN_ROOM: Self = Self::new(404, "not a member of this room");
@@ -85,6 +89,9 @@ pub struct Context<'a> {
     pub now_ms: u64,
     /// Whether this connection may join a room (the JWT `rooms` claim); false answers 403.
     pub may_join: &'a dyn Fn(&str) -> bool,
+    /// Whether this connection may reach everyone at once: a message or `online` without a
+    /// room (the JWT `rooms` claim must hold `*`); false answers 403.
+    pub may_reach_everyone: bool,
     /// The largest frame a client accepts; a relayed event above it is refused with 413 so
     /// that receivers with the same limit can always read what they are sent.
     pub max_message_size: usize,
@@ -455,10 +462,10 @@ fn message(
     let data = request.data.ok_or(Failure::MISSING_DATA)?;
     let room = room_name(request.room)?;
     let from = hub.user_of(ctx.conn).ok_or(Failure::NOT_CONNECTED)?;
-    if let Some(room) = &room
-        && !hub.is_member(ctx.conn, room)
-    {
-        return Err(Failure::NOT_A_MEMBER);
+    match &room {
+        Some(room) if !hub.is_member(ctx.conn, room) => return Err(Failure::NOT_A_MEMBER),
+        None if !ctx.may_reach_everyone => return Err(Failure::NOT_TO_EVERYONE),
+        _ => {}
     }
     let json = relayed(
         "message",
@@ -512,9 +519,11 @@ fn online(
     out: &mut Vec<Delivery>,
 ) -> Result<(), Failure> {
     let room = room_name(request.room)?;
-    if room.as_deref().is_some_and(|room| !(ctx.may_join)(room)) {
-        // A token limited to some rooms does not reveal who is in the others.
-        return Err(Failure::NOT_VISIBLE);
+    // A token limited to some rooms does not reveal who is in the others, nor who is online.
+    match room.as_deref() {
+        Some(room) if !(ctx.may_join)(room) => return Err(Failure::NOT_VISIBLE),
+        None if !ctx.may_reach_everyone => return Err(Failure::NOT_EVERYONE_VISIBLE),
+        _ => {}
     }
     let mut users: Vec<&str> = match &room {
         Some(room) => hub.room_users(room).collect(),
@@ -650,6 +659,8 @@ mod tests {
             conn: ConnId(conn),
             now_ms: NOW,
             may_join,
+            // As with a `RoomRule`, a claim that allows every room (`*`) reaches everyone.
+            may_reach_everyone: may_join("*"),
             max_message_size: LIMIT,
             control,
         };
@@ -830,6 +841,60 @@ mod tests {
                 r#"{"event":"online","code":403,"error":"not allowed to see this room"}"#
             )]
         );
+    }
+
+    #[test]
+    fn a_claim_without_star_cannot_message_or_list_everyone_but_may_send_directs() {
+        let mut hub = hub();
+        send_as(
+            &mut hub,
+            1,
+            &only_public,
+            r#"{"event":"join","room":"public.a"}"#,
+        );
+        assert_eq!(
+            send_as(
+                &mut hub,
+                1,
+                &only_public,
+                r#"{"event":"message","data":"to all","id":7}"#
+            ),
+            [to_conn(
+                1,
+                r#"{"event":"message","id":7,"code":403,"error":"a message to everyone needs * in the rooms claim"}"#
+            )]
+        );
+        assert_eq!(
+            send_as(&mut hub, 1, &only_public, r#"{"event":"online"}"#),
+            [to_conn(
+                1,
+                r#"{"event":"online","code":403,"error":"online without a room needs * in the rooms claim"}"#
+            )]
+        );
+        let in_room = send_as(
+            &mut hub,
+            1,
+            &only_public,
+            r#"{"event":"message","room":"public.a","data":1}"#,
+        );
+        assert_eq!(in_room[0].target, room("public.a"));
+        let online_room = send_as(
+            &mut hub,
+            1,
+            &only_public,
+            r#"{"event":"online","room":"public.a"}"#,
+        );
+        assert!(
+            online_room[0].json.contains(r#""code":0"#),
+            "{online_room:?}"
+        );
+        let direct = send_as(
+            &mut hub,
+            1,
+            &only_public,
+            r#"{"event":"direct","to":"bob","data":1}"#,
+        );
+        assert_eq!(direct[0].target, Target::User("bob".into()));
     }
 
     #[test]
@@ -1110,6 +1175,7 @@ mod tests {
             conn: ConnId(1),
             now_ms: NOW,
             may_join: &allow_all,
+            may_reach_everyone: true,
             max_message_size: 100,
             control: unbounded(),
         };

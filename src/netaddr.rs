@@ -156,7 +156,7 @@ pub fn client_addr(
 }
 
 /// Whether `ip` belongs to one of the trusted proxy blocks.
-fn is_trusted(ip: IpAddr, trusted: &[Cidr]) -> bool {
+pub fn is_trusted(ip: IpAddr, trusted: &[Cidr]) -> bool {
     trusted.iter().any(|cidr| cidr.contains(ip))
 }
 

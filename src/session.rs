@@ -87,6 +87,14 @@ impl Session {
         self.rooms.as_ref().is_none_or(|rule| rule.allows(room))
     }
 
+    /// Whether this connection may reach everyone at once (a message without a room, `online`
+    /// without a room): with a `rooms` claim only when it holds `*`.
+    pub fn may_reach_everyone(&self) -> bool {
+        self.rooms
+            .as_ref()
+            .is_none_or(|rule| rule.allows_everyone())
+    }
+
     /// Takes one message from the `--rate-limit` budget; false when the message must be dropped.
     pub fn take_token(&mut self, now: Instant) -> bool {
         self.bucket
@@ -209,6 +217,20 @@ mod tests {
         assert_eq!(taken, 40);
         assert!(session.take_command_token(rate, now + Duration::from_millis(50)));
         assert!(!session.take_command_token(rate, now + Duration::from_millis(50)));
+    }
+
+    #[test]
+    fn rooms_claim_bounds_joins_and_reaching_everyone() {
+        let with_claim = |patterns: &[&str]| {
+            let rule = RoomRule::from(patterns.iter().map(|p| p.to_string()).collect::<Vec<_>>());
+            Session::new(Some(rule), None, Duration::from_secs(30), Instant::now())
+        };
+        let team = with_claim(&["team-*"]);
+        assert!(team.may_join("team-a") && !team.may_join("lobby"));
+        assert!(!team.may_reach_everyone());
+        let star = with_claim(&["team-*", "*"]);
+        assert!(star.may_join("lobby") && star.may_reach_everyone());
+        assert!(session().may_join("anything") && session().may_reach_everyone());
     }
 
     #[test]

@@ -511,7 +511,7 @@ fn relayed_event_over_the_size_limit_is_refused_with_413() {
 }
 
 #[test]
-fn anonymous_users_get_distinct_anon_names() {
+fn anonymous_users_get_distinct_random_anon_names() {
     let addr = start(&[]);
     let mut first = connect(addr, "/ws");
     let _second = connect(addr, "/ws");
@@ -525,12 +525,12 @@ fn anonymous_users_get_distinct_anon_names() {
     assert_eq!(users.len(), 2, "{online}");
     assert_ne!(users[0], users[1]);
     for user in users {
-        let number = user
+        let random = user
             .strip_prefix("anon-")
-            .unwrap_or_else(|| panic!("{user} is not anon-<n>"));
+            .unwrap_or_else(|| panic!("{user} is not anon-<random>"));
         assert!(
-            !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()),
-            "{user} is not anon-<n>"
+            random.len() >= 8 && random.bytes().all(|b| b.is_ascii_alphanumeric()),
+            "{user} is not anon-<random>"
         );
     }
 }

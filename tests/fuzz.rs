@@ -158,6 +158,7 @@ fn check_route(request: &Request) {
                 allow_origins: &[],
                 verifier,
                 now: SystemTime::now(),
+                peer_is_trusted_proxy: false,
             },
             assets: &assets,
             address_full,
@@ -348,6 +349,7 @@ fn check_event(hub: &mut Hub, text: &str) -> Vec<Delivery> {
         conn: SENDER,
         now_ms: 1_700_000_000_000,
         may_join: &allow_all_but_secret,
+        may_reach_everyone: true,
         max_message_size: MAX_EVENT,
         control: Control {
             take_command: &|| true,

@@ -213,7 +213,8 @@ fn malformed_request_is_400_and_closed() {
         "GARBAGE\r\n\r\n",
         "GET / HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n",
         "GET / HTTP/2.0\r\nHost: x\r\n\r\n",
-        "GET http://example.com/ HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET ftp://example.com/ HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET http://user@example.com/ HTTP/1.1\r\nHost: x\r\n\r\n",
     ] {
         assert_error(&answer_then_close(addr, request), 400);
     }

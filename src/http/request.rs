@@ -69,25 +69,51 @@ pub fn parse(buf: &[u8]) -> Result<(Request, usize), ParseError> {
     else {
         return Err(ParseError::Malformed("malformed request line"));
     };
-    if !target.starts_with('/') {
-        return Err(ParseError::Malformed("request target must be a path"));
-    }
+    let (target, authority) = split_target(target)?;
     let (path, query) = match target.split_once('?') {
         Some((path, query)) => (path, Some(query.to_owned())),
         None => (target, None),
     };
+    let mut headers: Vec<(String, Vec<u8>)> = parsed
+        .headers
+        .iter()
+        .map(|h| (h.name.to_owned(), h.value.to_owned()))
+        .collect();
+    if let Some(authority) = authority {
+        // RFC 9112 §3.2.2: the target's authority replaces any Host header, so every rule that
+        // reads Host (the Origin and rebinding checks) sees the host the request was sent to.
+        headers.retain(|(name, _)| !name.eq_ignore_ascii_case("host"));
+        headers.push(("Host".to_owned(), authority.as_bytes().to_vec()));
+    }
     let request = Request {
         method: method.to_owned(),
-        path: path.to_owned(),
+        path: if path.is_empty() { "/" } else { path }.to_owned(),
         query,
         minor_version,
-        headers: parsed
-            .headers
-            .iter()
-            .map(|h| (h.name.to_owned(), h.value.to_owned()))
-            .collect(),
+        headers,
     };
     Ok((request, head_len))
+}
+
+/// The origin-form part (`/path?query`) of a request target, and its authority when the target
+/// is in absolute form (`http://host:port/path?query`, RFC 9112 §3.2.2), which a server must
+/// accept: it is routed on its path, and the caller uses the authority as the Host. An empty
+/// path stands for `/`.
+fn split_target(target: &str) -> Result<(&str, Option<&str>), ParseError> {
+    if target.starts_with('/') {
+        return Ok((target, None));
+    }
+    let refused = ParseError::Malformed("request target must be a path or an http(s) URL");
+    let (scheme, rest) = target.split_once("://").ok_or(refused)?;
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return Err(refused);
+    }
+    let (authority, path) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    // RFC 9110 §4.2.4: userinfo in an http(s) URI is to be treated as an error.
+    if authority.is_empty() || authority.contains('@') {
+        return Err(refused);
+    }
+    Ok((path, Some(authority)))
 }
 
 impl Request {
@@ -146,7 +172,7 @@ impl Request {
     }
 
     /// The body length announced by `Content-Length`; an error for a value that is not one
-    /// number, or for `Transfer-Encoding`, which wshub does not accept.
+    /// run of decimal digits, or for `Transfer-Encoding`, which wshub does not accept.
     pub fn content_length(&self) -> Result<Option<usize>, &'static str> {
         if self.header_count("transfer-encoding") > 0 {
             return Err("transfer-encoding is not supported; send Content-Length");
@@ -155,12 +181,21 @@ impl Request {
             0 => Ok(None),
             1 => self
                 .header("content-length")
-                .and_then(|v| v.parse().ok())
+                .and_then(decimal_length)
                 .map(Some)
                 .ok_or("invalid Content-Length"),
             _ => Err("duplicate Content-Length"),
         }
     }
+}
+
+/// A `Content-Length` value: `1*DIGIT` (RFC 9110 §8.6) and nothing else. Rust's integer parse
+/// also takes a leading `+`, which a proxy in front may read differently (request smuggling).
+fn decimal_length(value: &str) -> Option<usize> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.parse().ok()
 }
 
 /// Size limits applied while reading a request.
@@ -393,15 +428,55 @@ mod tests {
     }
 
     #[test]
-    fn parse_refuses_garbage_and_absolute_targets() {
+    fn absolute_form_targets_are_routed_on_their_path_and_their_authority_is_the_host() {
+        let (request, _) =
+            parse(b"GET http://127.0.0.1:8080/ws?user=a HTTP/1.1\r\nHost: evil.example\r\nhost: x\r\n\r\n")
+                .unwrap();
+        assert_eq!(request.path, "/ws");
+        assert_eq!(request.query.as_deref(), Some("user=a"));
+        assert_eq!(request.header("host"), Some("127.0.0.1:8080"));
+        assert_eq!(request.header_count("host"), 1);
+        for (head, path, query) in [
+            (&b"GET HTTPS://a.example HTTP/1.1\r\n\r\n"[..], "/", None),
+            (
+                b"GET http://a.example?x=1 HTTP/1.1\r\n\r\n",
+                "/",
+                Some("x=1"),
+            ),
+            (
+                b"GET http://[::1]:80/healthz HTTP/1.1\r\n\r\n",
+                "/healthz",
+                None,
+            ),
+        ] {
+            let request = parse(head).unwrap().0;
+            assert_eq!(
+                (request.path.as_str(), request.query.as_deref()),
+                (path, query)
+            );
+            assert_eq!(request.header_count("host"), 1);
+        }
+    }
+
+    #[test]
+    fn parse_refuses_garbage_and_targets_that_are_neither_paths_nor_http_urls() {
         assert_eq!(
             parse(b"\x16\x03\x01\x02\r\n\r\n"),
             Err(ParseError::Malformed("malformed request"))
         );
-        assert!(matches!(
-            parse(b"GET http://x/ HTTP/1.1\r\n\r\n"),
-            Err(ParseError::Malformed(_))
-        ));
+        for head in [
+            &b"GET ftp://x/ HTTP/1.1\r\n\r\n"[..],
+            b"GET http:///path HTTP/1.1\r\n\r\n",
+            b"GET http://user@x/ HTTP/1.1\r\n\r\n",
+            b"GET x/y HTTP/1.1\r\n\r\n",
+            b"OPTIONS * HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse(head), Err(ParseError::Malformed(_))),
+                "{}",
+                String::from_utf8_lossy(head)
+            );
+        }
         assert!(matches!(
             parse(b"GET / HTTP/2.0\r\n\r\n"),
             Err(ParseError::Malformed(_))
@@ -442,10 +517,29 @@ mod tests {
             .unwrap()
             .0;
         assert!(chunked.content_length().is_err());
-        let junk = parse(b"POST / HTTP/1.1\r\nContent-Length: -5\r\n\r\n")
+        for junk in [
+            "-5",
+            "+13",
+            "0x10",
+            " 1 3",
+            "1 3",
+            "",
+            "1_0",
+            "١",
+            "99999999999999999999999",
+        ] {
+            let head = format!("POST / HTTP/1.1\r\nContent-Length: {junk}\r\n\r\n");
+            let request = parse(head.as_bytes()).unwrap().0;
+            assert_eq!(
+                request.content_length(),
+                Err("invalid Content-Length"),
+                "{junk:?}"
+            );
+        }
+        let padded = parse(b"POST / HTTP/1.1\r\nContent-Length:  007 \r\n\r\n")
             .unwrap()
             .0;
-        assert!(junk.content_length().is_err());
+        assert_eq!(padded.content_length(), Ok(Some(7)));
     }
 
     const LIMITS: Limits = Limits {

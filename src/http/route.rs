@@ -184,6 +184,7 @@ mod tests {
                 allow_origins: &[],
                 verifier: None,
                 now: std::time::SystemTime::now(),
+                peer_is_trusted_proxy: false,
             },
             assets: &assets,
             address_full: situation.address_full,

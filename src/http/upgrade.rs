@@ -1,6 +1,7 @@
 //! The WebSocket opening handshake, server side (RFC 6455 §4.2), and the Origin rule (SPEC §4).
 
 use std::borrow::Cow;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::SystemTime;
 
 use super::{Request, Response};
@@ -9,8 +10,16 @@ use crate::auth::{self, Identity, JwtVerifier, TokenCarrier};
 /// The only protocol version RFC 6455 defines.
 const WEBSOCKET_VERSION: &str = "13";
 
-/// Longest user id accepted from `?user=` / `?id=`.
-const MAX_USER_BYTES: usize = 64;
+/// What every generated anonymous id starts with. No `?user=` may start with it, so nobody can
+/// take over a generated identity by naming it.
+pub const ANONYMOUS_PREFIX: &str = "anon-";
+
+/// Random characters after [`ANONYMOUS_PREFIX`]: 12 base62 digits carry 71 bits, far beyond
+/// guessing while the id is online.
+const ANONYMOUS_ID_CHARS: usize = 12;
+
+/// The digits of an anonymous id: letters and digits only, so it needs no escaping anywhere.
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 /// Who a connection says it is (SPEC §4).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,7 +28,7 @@ pub enum Claim {
     Token(Identity),
     /// `?user=` or `?id=` (auth off): taken at its word.
     Named(String),
-    /// Nothing given (auth off): the loop names it `anon-<n>`.
+    /// Nothing given (auth off): the loop names it with [`anonymous_id`] from OS randomness.
     Anonymous,
 }
 
@@ -31,6 +40,9 @@ pub struct Policy<'a> {
     pub verifier: Option<&'a JwtVerifier>,
     /// The wall clock for `exp`, passed in so the decision stays pure.
     pub now: SystemTime,
+    /// The peer is a `--trusted-proxy`: the proxy answers for which host names reach wshub, so
+    /// a same-origin browser upgrade to a named `Host` needs no `--allow-origin` entry.
+    pub peer_is_trusted_proxy: bool,
 }
 
 /// A request that may be switched to WebSocket.
@@ -85,6 +97,7 @@ pub fn check(request: &Request, policy: &Policy) -> Result<Upgrade, Response> {
         request.header("origin"),
         request.header("host"),
         policy.allow_origins,
+        policy.peer_is_trusted_proxy,
     ) {
         return Err(Response::fatal(403, "origin not allowed\n"));
     }
@@ -114,7 +127,13 @@ pub fn check(request: &Request, policy: &Policy) -> Result<Upgrade, Response> {
             .query_param("user")
             .or_else(|| request.query_param("id"))
         {
-            Some(user) if valid_user(&user) => Claim::Named(user.into_owned()),
+            Some(user) if user.starts_with(ANONYMOUS_PREFIX) => {
+                return Err(Response::fatal(
+                    400,
+                    "user ids starting with anon- are reserved for anonymous users\n",
+                ));
+            }
+            Some(user) if auth::valid_user_id(&user) => Claim::Named(user.into_owned()),
             Some(_) => {
                 return Err(Response::fatal(
                     400,
@@ -136,8 +155,17 @@ fn unauthorized(error: auth::AuthError) -> Response {
     Response::fatal(401, error.reason()).with_header("WWW-Authenticate", "Bearer")
 }
 
-fn valid_user(user: &str) -> bool {
-    !user.is_empty() && user.len() <= MAX_USER_BYTES && !user.chars().any(char::is_control)
+/// An anonymous user id (`anon-` and 12 base62 characters) from 128 random bits, which the
+/// caller takes from the OS: a counter would let `?user=anon-1` step into someone's identity.
+pub fn anonymous_id(random: [u8; 16]) -> String {
+    let mut bits = u128::from_le_bytes(random);
+    let mut id = String::with_capacity(ANONYMOUS_PREFIX.len() + ANONYMOUS_ID_CHARS);
+    id.push_str(ANONYMOUS_PREFIX);
+    for _ in 0..ANONYMOUS_ID_CHARS {
+        id.push(char::from(BASE62[(bits % 62) as usize]));
+        bits /= 62;
+    }
+    id
 }
 
 /// The `101 Switching Protocols` response for an accepted upgrade.
@@ -172,7 +200,17 @@ fn is_valid_key(key: &str) -> bool {
 
 /// SPEC §4: no Origin (a non-browser client) passes; a browser Origin must match the Host header
 /// unless it is listed in `--allow-origin` (`*` allows every origin).
-pub fn origin_allowed(origin: Option<&str>, host: Option<&str>, allow_origins: &[String]) -> bool {
+///
+/// Matching Host is not enough when Host is a DNS name and no trusted proxy vouches for it: a
+/// page on `rebind.attacker.example` whose name the attacker re-points at 127.0.0.1 sends an
+/// Origin and a Host that match each other (DNS rebinding). Only an IP literal or `localhost`
+/// cannot be re-pointed, so a named Host passes only through `--allow-origin`.
+pub fn origin_allowed(
+    origin: Option<&str>,
+    host: Option<&str>,
+    allow_origins: &[String],
+    peer_is_trusted_proxy: bool,
+) -> bool {
     let Some(origin) = origin else {
         return true;
     };
@@ -182,6 +220,9 @@ pub fn origin_allowed(origin: Option<&str>, host: Option<&str>, allow_origins: &
         .any(|allowed| allowed == "*" || allowed.trim_end_matches('/').eq_ignore_ascii_case(origin))
     {
         return true;
+    }
+    if !peer_is_trusted_proxy && host.is_some_and(host_is_dns_name) {
+        return false;
     }
     let Some((scheme, authority)) = origin.split_once("://") else {
         return false;
@@ -200,6 +241,20 @@ pub fn origin_allowed(origin: Option<&str>, host: Option<&str>, allow_origins: &
     host.is_some_and(|host| strip(authority) == strip(host))
 }
 
+/// Whether a `Host` value (with or without a port) is a name that DNS resolves: anything but an
+/// IPv4 literal, a bracketed IPv6 literal or `localhost`, which browsers never look up.
+fn host_is_dns_name(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    let ipv6_literal = name
+        .strip_prefix('[')
+        .and_then(|rest| rest.strip_suffix(']'))
+        .is_some_and(|ip| ip.parse::<Ipv6Addr>().is_ok());
+    !(ipv6_literal || name.parse::<Ipv4Addr>().is_ok() || name.eq_ignore_ascii_case("localhost"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,6 +267,7 @@ mod tests {
                 allow_origins,
                 verifier: None,
                 now: SystemTime::now(),
+                peer_is_trusted_proxy: false,
             },
         )
     }
@@ -315,6 +371,7 @@ mod tests {
             allow_origins: &[],
             verifier: Some(&verifier),
             now: SystemTime::now(),
+            peer_is_trusted_proxy: false,
         };
         let missing = super::check(
             &parse(upgrade_head("/ws?user=mallory").as_bytes())
@@ -351,34 +408,136 @@ mod tests {
     #[test]
     fn origin_rule_follows_the_spec() {
         let none: &[String] = &[];
-        assert!(origin_allowed(None, Some("a.example"), none));
-        assert!(origin_allowed(
-            Some("https://a.example"),
-            Some("a.example"),
-            none
-        ));
-        assert!(origin_allowed(
-            Some("http://a.example:80"),
-            Some("A.example"),
-            none
-        ));
-        assert!(origin_allowed(
+        let allowed = |origin, host, listed: &[String]| origin_allowed(origin, host, listed, false);
+        assert!(allowed(None, Some("a.example"), none));
+        assert!(allowed(
             Some("http://127.0.0.1:8080"),
             Some("127.0.0.1:8080"),
             none
         ));
-        assert!(!origin_allowed(
+        assert!(allowed(
+            Some("http://127.0.0.1"),
+            Some("127.0.0.1:80"),
+            none
+        ));
+        assert!(allowed(Some("http://[::1]:8080"), Some("[::1]:8080"), none));
+        assert!(allowed(
+            Some("http://localhost:3000"),
+            Some("LOCALHOST:3000"),
+            none
+        ));
+        assert!(!allowed(
             Some("http://127.0.0.1:9999"),
             Some("127.0.0.1:8080"),
             none
         ));
-        assert!(!origin_allowed(Some("null"), Some("a.example"), none));
-        assert!(!origin_allowed(Some("https://a.example"), None, none));
-        assert!(origin_allowed(Some("null"), None, &["*".into()]));
-        assert!(origin_allowed(
+        assert!(!allowed(Some("null"), Some("a.example"), none));
+        assert!(!allowed(Some("https://a.example"), None, none));
+        assert!(allowed(Some("null"), None, &["*".into()]));
+        assert!(allowed(
             Some("https://b.example"),
             Some("a.example"),
             &["https://b.example/".into()]
         ));
+    }
+
+    #[test]
+    fn same_origin_on_a_named_host_needs_a_listed_origin_or_a_trusted_proxy() {
+        let none: &[String] = &[];
+        for (origin, host) in [
+            (
+                "http://rebind.attacker.example:8080",
+                "rebind.attacker.example:8080",
+            ),
+            ("https://a.example", "a.example"),
+            ("http://a.example:80", "A.example"),
+            ("http://localhost.", "localhost."),
+            ("http://1.2.3.4.example", "1.2.3.4.example"),
+        ] {
+            assert!(
+                !origin_allowed(Some(origin), Some(host), none, false),
+                "{host}"
+            );
+            assert!(
+                origin_allowed(Some(origin), Some(host), none, true),
+                "{host}"
+            );
+            let listed = [origin.to_owned()];
+            assert!(
+                origin_allowed(Some(origin), Some(host), &listed, false),
+                "{host}"
+            );
+            assert!(origin_allowed(
+                Some(origin),
+                Some(host),
+                &["*".into()],
+                false
+            ));
+        }
+        assert!(origin_allowed(
+            None,
+            Some("rebind.attacker.example"),
+            none,
+            false
+        ));
+    }
+
+    #[test]
+    fn only_ip_literals_and_localhost_are_not_dns_names() {
+        for host in [
+            "127.0.0.1",
+            "127.0.0.1:8080",
+            "[::1]",
+            "[::1]:80",
+            "localhost",
+            "LocalHost:1",
+        ] {
+            assert!(!host_is_dns_name(host), "{host}");
+        }
+        for host in [
+            "a.example",
+            "a.example:80",
+            "localhost.",
+            "localhost.example",
+            "::1",
+            "[::1]:",
+            "[::1]:x",
+            "127.0.0.1:",
+            "0127.0.0.1",
+            "127.1",
+            "[127.0.0.1]",
+            "",
+        ] {
+            assert!(host_is_dns_name(host), "{host}");
+        }
+    }
+
+    #[test]
+    fn user_parameters_in_the_anonymous_namespace_are_400() {
+        for target in ["/ws?user=anon-1", "/ws?id=anon-x", "/ws?user=anon-"] {
+            let request = parse(upgrade_head(target).as_bytes()).unwrap().0;
+            let refused = check(&request, &[]).unwrap_err();
+            assert_eq!(refused.status, 400, "{target}");
+            assert!(refused.close, "{target}");
+        }
+        let lookalike = parse(upgrade_head("/ws?user=anonymous").as_bytes())
+            .unwrap()
+            .0;
+        assert_eq!(
+            check(&lookalike, &[]).unwrap().claim,
+            Claim::Named("anonymous".into())
+        );
+    }
+
+    #[test]
+    fn anonymous_ids_are_twelve_base62_characters_of_the_random_bits() {
+        let zero = anonymous_id([0; 16]);
+        assert_eq!(zero, "anon-000000000000");
+        let id = anonymous_id([0xA5; 16]);
+        let suffix = id.strip_prefix(ANONYMOUS_PREFIX).expect("prefix");
+        assert_eq!(suffix.len(), ANONYMOUS_ID_CHARS);
+        assert!(suffix.bytes().all(|b| b.is_ascii_alphanumeric()), "{id}");
+        assert_ne!(anonymous_id([1; 16]), anonymous_id([2; 16]));
+        assert!(auth::valid_user_id(&id));
     }
 }

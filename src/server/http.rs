@@ -6,6 +6,7 @@
 //! `crate::http` modules do, and must not answer a client that does not read its answers (the
 //! connection pauses instead).
 
+use std::io;
 use std::time::SystemTime;
 
 use log::{debug, warn};
@@ -16,7 +17,7 @@ use crate::events;
 use crate::frame::OpCode;
 use crate::http::request::Limits;
 use crate::http::route::{self, json_error};
-use crate::http::upgrade::{Claim, Policy, switching_protocols};
+use crate::http::upgrade::{Claim, Policy, anonymous_id, switching_protocols};
 use crate::http::{Response, Route, RouteContext, Upgrade};
 use crate::hub::ConnId;
 use crate::metrics::{Gauges, HandshakeFailure};
@@ -86,6 +87,10 @@ impl Server {
                     allow_origins: &self.config.allow_origins,
                     verifier: self.verifier.as_ref(),
                     now: SystemTime::now(),
+                    peer_is_trusted_proxy: netaddr::is_trusted(
+                        conn.peer,
+                        &self.config.trusted_proxies,
+                    ),
                 },
                 assets: &self.assets,
                 address_full: !self.peers.may_upgrade(conn.client),
@@ -204,9 +209,8 @@ impl Server {
     /// Switches an HTTP connection to WebSocket: `101`, the hub, and any bytes that came
     /// after the request head in the same packet.
     fn upgrade(&mut self, id: ConnId, upgrade: Upgrade) {
-        let mut bytes = Vec::with_capacity(256);
-        switching_protocols(&upgrade).encode(true, &mut bytes);
-        self.table.push(id, &bytes, self.now);
+        let mut switching = Vec::with_capacity(256);
+        switching_protocols(&upgrade).encode(true, &mut switching);
         let (user, rooms) = match upgrade.claim {
             Claim::Token(identity) => {
                 let name = identity.name.as_deref().unwrap_or("-");
@@ -219,11 +223,18 @@ impl Server {
                 (identity.user, identity.rooms)
             }
             Claim::Named(user) => (user, None),
-            Claim::Anonymous => {
-                self.anon_counter += 1;
-                (format!("anon-{}", self.anon_counter), None)
-            }
+            Claim::Anonymous => match self.anonymous_user() {
+                Ok(user) => (user, None),
+                Err(err) => {
+                    warn!("no randomness for an anonymous id: {err}");
+                    let response = Response::fatal(503, "cannot name an anonymous user\n");
+                    self.upgrade_refused(id, &response);
+                    self.respond(id, &response, true);
+                    return;
+                }
+            },
         };
+        self.table.push(id, &switching, self.now);
         let bucket = self
             .config
             .rate_limit
@@ -247,5 +258,39 @@ impl Server {
         if let Some(rest) = rest.filter(|rest| !rest.is_empty()) {
             self.feed(id, &rest);
         }
+    }
+
+    /// A fresh anonymous user id that no one online holds. A clash of 71 random bits will not
+    /// happen, but it is cheap to rule out, and it would merge two strangers into one user.
+    fn anonymous_user(&self) -> io::Result<String> {
+        loop {
+            let user = anonymous_id(os_random()?);
+            if self.hub.user_connections(&user).is_empty() {
+                return Ok(user);
+            }
+        }
+    }
+}
+
+/// 16 bytes from the kernel's CSPRNG (`getrandom(2)`, the source std's `HashMap` keys use). It
+/// does not block once the pool is initialised at boot, long before a daemon takes clients.
+fn os_random() -> io::Result<[u8; 16]> {
+    let mut bytes = [0u8; 16];
+    loop {
+        // SAFETY: the pointer and length describe `bytes`, which outlives the call; getrandom
+        // writes at most that many bytes.
+        let read = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+        if read == bytes.len() as isize {
+            return Ok(bytes);
+        }
+        let err = io::Error::last_os_error();
+        if read < 0 && err.kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        return Err(if read < 0 {
+            err
+        } else {
+            io::Error::other("getrandom returned fewer bytes than asked")
+        });
     }
 }

@@ -119,8 +119,6 @@ pub struct Server {
     now: Instant,
     /// Counts turns, so a connection can tell whether it already used this turn's read budget.
     turn: u64,
-    /// Names anonymous users `anon-<n>`.
-    anon_counter: u64,
 }
 
 impl Server {
@@ -187,7 +185,6 @@ impl Server {
             services_ready: Vec::new(),
             now,
             turn: 0,
-            anon_counter: 0,
             config,
         })
     }

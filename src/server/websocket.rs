@@ -81,6 +81,7 @@ impl Server {
                     conn: id,
                     now_ms: unix_ms(),
                     may_join: &|room| session.may_join(room),
+                    may_reach_everyone: session.may_reach_everyone(),
                     max_message_size: self.config.max_message_size,
                     control: events::Control {
                         take_command: &|| {
