@@ -57,7 +57,8 @@ pub struct Config {
     #[arg(long, env = "WSHUB_MAX_HEADER_BYTES", default_value = "8KiB", value_parser = parse_size)]
     pub max_header_bytes: usize,
 
-    /// Pending output per connection above which it is disconnected as a slow consumer (1008).
+    /// Pending output per connection above which it is disconnected as a slow consumer (1008): a
+    /// hard cap, checked at every append whether or not the socket takes writes.
     #[arg(long, env = "WSHUB_MAX_BUFFERED", default_value = "4MiB", value_parser = parse_size)]
     pub max_buffered: usize,
 
@@ -101,10 +102,11 @@ pub struct Config {
     #[arg(long, env = "WSHUB_MAX_OUTPUT_MEMORY", default_value = "1GiB", value_parser = parse_size)]
     pub max_output_memory: usize,
 
-    /// WebSocket connections one client address may hold; further upgrades get 429. Without
-    /// this flag the limit is 256 and loopback addresses are exempt (a local reverse proxy whose
-    /// forwarded addresses are not trusted, local load tests); given explicitly, it applies to
-    /// every address.
+    /// WebSocket connections one client address may hold; further upgrades get 429. Each address
+    /// (except a --trusted-proxy) also holds at most 32 sockets that are not open WebSockets;
+    /// further ones are closed at once. Without this flag the limit is 256 and loopback addresses
+    /// are exempt from both (a local reverse proxy whose forwarded addresses are not trusted,
+    /// local load tests); given explicitly, it applies to every address.
     #[arg(long, env = "WSHUB_MAX_CONNECTIONS_PER_IP", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections_per_ip: Option<u32>,
 
@@ -113,8 +115,9 @@ pub struct Config {
     #[arg(long, env = "WSHUB_COMMAND_RATE", default_value = "20", value_name = "PER_SEC", value_parser = clap::value_parser!(u32).range(1..))]
     pub command_rate: u32,
 
-    /// In a room with more members than this, joins and leaves are not announced to each member
-    /// (counts and `online` still answer), so a mass join costs O(N) deliveries, not O(N^2).
+    /// In a room with more connections than this (counting the one joining or leaving), joins
+    /// and leaves are not announced (counts and `online` still answer), so a mass join costs
+    /// O(N) deliveries, not O(N^2).
     #[arg(
         long,
         env = "WSHUB_PRESENCE_MAX_MEMBERS",
