@@ -48,7 +48,7 @@ pub enum AuthError {
     MissingExp,
     /// The token has no `sub`, or an empty one, so there is no user to attach the connection to.
     MissingSub,
-    /// `sub` breaks the rule every user id follows (at most 64 bytes, no control characters):
+    /// `sub` breaks the rule every user id follows (1 to 64 characters, no control characters):
     /// ids travel in every message and presence event, and a token must not name a user that
     /// `?user=` could not.
     InvalidSub,
@@ -184,13 +184,16 @@ fn present<'de, D: serde::Deserializer<'de>>(member: D) -> Result<bool, D::Error
     serde::de::IgnoredAny::deserialize(member).map(|_| true)
 }
 
-/// Longest user id, in bytes, from a token's `sub` or from `?user=` / `?id=`.
-const MAX_USER_BYTES: usize = 64;
+/// Longest user id, in characters, from a token's `sub` or from `?user=` / `?id=` (SPEC §4).
+const MAX_USER_CHARS: usize = 64;
 
 /// The one rule for user ids, whoever names them (a token's `sub`, `?user=`, `?id=`): 1 to 64
-/// bytes without control characters, so an id fits in a log line and in every event it rides in.
+/// printable characters (no control characters), so an id fits in a log line and in every event
+/// it rides in.
 pub fn valid_user_id(user: &str) -> bool {
-    !user.is_empty() && user.len() <= MAX_USER_BYTES && !user.chars().any(char::is_control)
+    !user.is_empty()
+        && user.chars().count() <= MAX_USER_CHARS
+        && !user.chars().any(char::is_control)
 }
 
 /// Verifies HS256 JWTs against one shared secret.
@@ -656,8 +659,8 @@ mod tests {
     #[test]
     fn user_id_rule_counts_bytes_and_refuses_control_characters() {
         assert!(valid_user_id("alice"));
-        assert!(valid_user_id(&"é".repeat(32)));
-        assert!(!valid_user_id(&"é".repeat(33)));
+        assert!(valid_user_id(&"é".repeat(64)), "characters, not bytes");
+        assert!(!valid_user_id(&"é".repeat(65)));
         assert!(!valid_user_id(""));
         assert!(!valid_user_id("a\rb"));
     }
