@@ -7,8 +7,9 @@
 //! it on the write list happen here together, so a connection is on the write list exactly when
 //! its write state is `Queued` or `Resumed` (or it was doomed since, and the pass skips it).
 //! Owns the output limits too (SPEC §6): every byte appended, written, cut or dropped is counted
-//! here, so `--max-buffered` (one queue) and `--max-output-memory` (all queues) are enforced at
-//! the append that crosses them, whether or not the socket currently takes writes.
+//! here, so `--max-buffered` (one queue) is enforced at the append that crosses it, whether or
+//! not the socket currently takes writes, and `--max-output-memory` (all queues) right after the
+//! append or fan-out that crosses it.
 //! Must not touch the hub or a socket's bytes, and must not free a slot whose id is still on a
 //! list.
 
@@ -43,9 +44,13 @@ struct OutputLimits {
     max_total: usize,
     /// Bytes pending in every connection's output together.
     total: usize,
-    /// The largest `total` since the memory was last given back (see
-    /// [`ConnTable::take_drained_peak`]).
+    /// The largest `total` seen at the end of a turn since the memory was last given back (see
+    /// [`ConnTable::take_drained_peak`]); sampled per turn, not per append, which costs nothing
+    /// and is precise enough to tell a burst.
     peak: usize,
+    /// Trims still due to the last burst worth one: its last queues drain (or are cut) a few
+    /// turns after most of them, so the memory they free is given back by a trim or two more.
+    follow_ups: u8,
 }
 
 impl OutputLimits {
@@ -113,6 +118,7 @@ impl ConnTable {
                 max_total,
                 total: 0,
                 peak: 0,
+                follow_ups: 0,
             },
         }
     }
@@ -124,16 +130,24 @@ impl ConnTable {
 
     /// After a burst has drained (the queues hold under an eighth of their peak, and the peak
     /// was worth it), returns that peak: the moment to give freed memory back to the system.
-    /// The peak then drops to an eighth, so a burst that keeps draining (its last queues are
-    /// cut or written a few turns later) is given back again, a few times at most.
+    /// The peak then drops to an eighth, and the two next times the queues drain to an eighth of
+    /// that are returned too, so what the burst's last queues free is given back as well.
     pub(super) fn take_drained_peak(&mut self, worth: usize) -> Option<usize> {
+        const FOLLOW_UPS: u8 = 2;
         let output = &mut self.output;
-        let drained = output.peak >= worth && output.total <= output.peak / 8;
-        drained.then(|| {
-            let peak = output.peak;
-            output.peak = output.total.max(peak / 8);
-            peak
-        })
+        output.peak = output.peak.max(output.total);
+        let worth_it = output.peak >= worth || output.follow_ups > 0;
+        if !worth_it || output.total > output.peak / 8 {
+            return None;
+        }
+        output.follow_ups = if output.peak >= worth {
+            FOLLOW_UPS
+        } else {
+            output.follow_ups - 1
+        };
+        let peak = output.peak;
+        output.peak = output.total.max(peak / 8);
+        Some(peak)
     }
 
     pub(super) fn len(&self) -> usize {
@@ -199,11 +213,34 @@ impl ConnTable {
         let mut frame = std::mem::take(&mut self.frame);
         frame.clear();
         frame::encode(opcode, payload, &mut frame);
-        let delivered = recipients
-            .map(|id| u64::from(self.send(id, &frame, now)))
-            .sum();
+        let (mut delivered, mut lagged) = (0, 0);
+        for id in recipients {
+            let Some(conn) = self.conns.get_mut(id.0) else {
+                continue;
+            };
+            if !conn.is_open() {
+                continue;
+            }
+            conn.push(&frame, now);
+            delivered += 1;
+            if conn.pending() > self.output.max_buffered {
+                // Counted before the cut, which takes off everything the queue held.
+                self.output.total += frame.len();
+                lagged += 1;
+                self.lag(id);
+            } else if conn.queue() {
+                self.lists.queued.next.push(id);
+            }
+        }
+        // The copies that stayed are counted once per fan-out rather than per recipient (the
+        // hot loop's only extra cost); the total is checked right after, so it never passes
+        // the limit by more than this one message's copies.
+        self.output.total += frame.len() * (delivered - lagged);
         self.frame = frame;
-        delivered
+        if self.output.total > self.output.max_total {
+            self.cut_largest();
+        }
+        delivered as u64
     }
 
     /// Appends bytes in any phase (an HTTP response, a Close frame) and queues them.
@@ -234,13 +271,11 @@ impl ConnTable {
     /// more than the cap plus one message; an idle one goes on the write list. Past
     /// `--max-output-memory` in total, the largest queues are cut.
     fn output_added(&mut self, id: ConnId, added: usize) {
-        let output = &mut self.output;
-        output.total += added;
-        output.peak = output.peak.max(output.total);
         let Some(conn) = self.conns.get_mut(id.0) else {
             return;
         };
-        if conn.is_open() && conn.pending() > output.max_buffered {
+        self.output.total += added;
+        if conn.pending() > self.output.max_buffered && conn.is_open() {
             self.lag(id);
         } else if conn.queue() {
             self.lists.queued.next.push(id);
@@ -253,6 +288,8 @@ impl ConnTable {
     /// An open connection falls behind: its queue is cut after the frame being written (so a
     /// Close frame can follow) and it is listed to be closed once the fan-out is over. Nothing
     /// for a connection that is not open.
+    #[cold]
+    #[inline(never)]
     fn lag(&mut self, id: ConnId) {
         let Some(conn) = self.conns.get_mut(id.0) else {
             return;
@@ -274,6 +311,8 @@ impl ConnTable {
     /// Cuts the largest queues of open connections, largest first, until all queues together
     /// are back under [`OutputLimits::after_cut`]. Scans every connection, which only happens
     /// when the total passes `--max-output-memory`.
+    #[cold]
+    #[inline(never)]
     fn cut_largest(&mut self) {
         let mut largest: Vec<(usize, ConnId)> = self
             .conns

@@ -57,25 +57,26 @@ impl Server {
         }
         let pending = conn.pending();
         let share = fair_share(pending, self.config.max_buffered);
-        let result = conn.flush(share, self.now, self.poll.registry(), Token(id.0));
-        let sent = pending - conn.pending();
-        self.table.wrote(sent);
-        let Some(conn) = self.table.get_mut(id) else {
-            return sent;
-        };
-        match result {
-            Ok(Flushed::Partial) => self.table.requeue(id),
-            Ok(Flushed::Drained) => match conn.drained() {
-                Drained::Nothing => {}
-                Drained::ResumeReading => self.table.read_next_turn(id),
-                Drained::Finished => self.doom(id),
-                Drained::Lingering => self.reschedule(id),
-            },
-            Ok(Flushed::Blocked) => self.reschedule(id),
+        // What follows is decided while the connection is borrowed, so the bytes written are
+        // counted before the table is used again.
+        let next = match conn.flush(share, self.now, self.poll.registry(), Token(id.0)) {
+            Ok(Flushed::Partial) => Next::Requeue,
+            Ok(Flushed::Drained) => Next::Drained(conn.drained()),
+            Ok(Flushed::Blocked) => Next::WaitWritable,
             Err(e) => {
                 debug!("{}: write failed: {e}", conn.client);
-                self.doom(id);
+                Next::Fail
             }
+        };
+        let sent = pending - conn.pending();
+        self.table.wrote(sent);
+        match next {
+            Next::Requeue => self.table.requeue(id),
+            Next::Drained(Drained::Nothing) => {}
+            Next::Drained(Drained::ResumeReading) => self.table.read_next_turn(id),
+            Next::Drained(Drained::Finished) => self.doom(id),
+            Next::Drained(Drained::Lingering) | Next::WaitWritable => self.reschedule(id),
+            Next::Fail => self.doom(id),
         }
         sent
     }
@@ -107,6 +108,18 @@ impl Server {
             self.close(id, close_code::POLICY_VIOLATION, "slow consumer");
         }
     }
+}
+
+/// What a connection needs after one write.
+enum Next {
+    /// Output is left and the socket took all it was given: next pass.
+    Requeue,
+    /// The output drained.
+    Drained(Drained),
+    /// The socket is full: its timer watches the stall until WRITABLE.
+    WaitWritable,
+    /// The write failed: the connection goes.
+    Fail,
 }
 
 /// The most one pass writes to a connection: [`MAX_WRITE_PER_PASS`], or its whole backlog once
