@@ -22,6 +22,7 @@ fn main() -> ExitCode {
     };
     init_logging(config.log_level.as_deref());
     raise_open_file_limit(config.max_connections);
+    map_large_buffers_apart();
     let (protocol, ws_path) = (config.protocol, config.ws_path.clone());
     let mut server = match Server::bind(config) {
         Ok(server) => server,
@@ -61,6 +62,24 @@ fn init_logging(level: Option<&str>) {
         .parse_filters(&filters)
         .format_target(false)
         .init();
+}
+
+/// SPEC §6 wants the memory of a burst back once it drains. glibc serves a buffer of 128 KiB or
+/// more from a mapping of its own, unmapped when freed, but raises that threshold each time such
+/// a buffer is freed (up to 32 MiB); from then on a burst's queues land in the heap, between live
+/// allocations, and stay resident. Fixing the threshold keeps every large queue in its own
+/// mapping; `server::memory` trims the heap for the smaller ones.
+fn map_large_buffers_apart() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        const MMAP_THRESHOLD: libc::c_int = 128 * 1024;
+        // SAFETY: mallopt only changes the allocator's tuning; it takes no pointer.
+        if unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) } == 0 {
+            warn!(
+                "could not fix the allocator's mmap threshold: memory may return late after bursts"
+            );
+        }
+    }
 }
 
 /// SPEC §2: raise the soft open-file limit to the hard limit, and warn when even that cannot
