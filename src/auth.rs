@@ -657,7 +657,7 @@ mod tests {
     }
 
     #[test]
-    fn user_id_rule_counts_bytes_and_refuses_control_characters() {
+    fn user_id_rule_counts_characters_and_refuses_control_characters() {
         assert!(valid_user_id("alice"));
         assert!(valid_user_id(&"é".repeat(64)), "characters, not bytes");
         assert!(!valid_user_id(&"é".repeat(65)));

@@ -4,7 +4,6 @@
 mod common;
 
 use std::net::{SocketAddr, TcpStream};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -17,13 +16,6 @@ const SECRET: &str = "s3cret";
 const API_KEY: &str = "k3y";
 /// A documentation address (RFC 5737) that never is the test's own peer address.
 const FORWARDED_CLIENT: &str = "203.0.113.7";
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
-}
 
 /// An HS256 token over `claims`, signed with `secret`.
 fn sign_with(secret: &str, claims: &Value) -> String {

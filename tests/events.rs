@@ -525,12 +525,6 @@ fn anonymous_users_get_distinct_random_anon_names() {
     assert_eq!(users.len(), 2, "{online}");
     assert_ne!(users[0], users[1]);
     for user in users {
-        let random = user
-            .strip_prefix("anon-")
-            .unwrap_or_else(|| panic!("{user} is not anon-<random>"));
-        assert!(
-            random.len() >= 8 && random.bytes().all(|b| b.is_ascii_alphanumeric()),
-            "{user} is not anon-<random>"
-        );
+        assert_anonymous_id(user);
     }
 }

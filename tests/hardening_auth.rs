@@ -6,7 +6,7 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -23,13 +23,6 @@ const REBIND_HOST: &str = "rebind.attacker.example";
 /// How long a test waits for the server to close a connection it refused; a keep-alive
 /// connection the server leaves open shows up as a timeout instead.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
-}
 
 /// An HS256 token over `claims` with `header`, signed with the server's secret.
 fn sign(header: &Header, claims: &Value) -> String {
@@ -313,13 +306,7 @@ fn anonymous_ids_are_unguessable_and_cannot_be_claimed() {
     let users = online_users(&mut first);
     assert_eq!(users.len(), 2, "{users:?}");
     for user in &users {
-        let random = user
-            .strip_prefix("anon-")
-            .unwrap_or_else(|| panic!("{user} is not anon-…"));
-        assert!(
-            random.len() >= 8 && random.bytes().all(|b| b.is_ascii_alphanumeric()),
-            "{user}: fewer than 8 random characters"
-        );
+        assert_anonymous_id(user);
     }
     for claimed in [users[0].as_str(), "anon-1", "anon-2"] {
         for parameter in ["user", "id"] {

@@ -12,7 +12,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, TIMEOUT, client_frame, eventually, metric, read_head, upgrade_request};
+use common::{
+    Daemon, TIMEOUT, client_frame, eventually, metric, raw_websocket, read_head, upgrade_request,
+};
 
 /// The payload of every published message.
 const MESSAGE: usize = 1024;
@@ -61,7 +63,7 @@ struct Publisher {
 impl Publisher {
     /// Connects; the background thread reads `copies` bytes of its own messages.
     fn connect(addr: SocketAddr, copies: usize) -> Publisher {
-        let stream = plain_websocket(addr);
+        let stream = raw_websocket(addr, "/ws");
         let copy = stream.try_clone().expect("clone");
         Publisher {
             stream,
@@ -80,16 +82,6 @@ impl Publisher {
             .collect();
         self.stream.write_all(&bytes).expect("publish");
     }
-}
-
-/// A raw WebSocket with default buffers.
-fn plain_websocket(addr: SocketAddr) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .write_all(upgrade_request(addr, "/ws", "").as_bytes())
-        .expect("send upgrade");
-    assert!(read_head(&mut stream).starts_with("HTTP/1.1 101"));
-    stream
 }
 
 /// The pending byte counts in the daemon's "slow consumer with N bytes pending" lines.
@@ -111,6 +103,18 @@ fn rss_kib(daemon: &Daemon) -> u64 {
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
         .expect("VmRSS")
+}
+
+/// The daemon's RSS once it is at most `ceiling` KiB, or when `within` has passed: memory given
+/// back shows up a little after the queues drain.
+fn rss_settled(daemon: &Daemon, ceiling: u64, within: Duration) -> u64 {
+    let deadline = Instant::now() + within;
+    let mut rss = rss_kib(daemon);
+    while rss > ceiling && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+        rss = rss_kib(daemon);
+    }
+    rss
 }
 
 #[test]
@@ -154,7 +158,7 @@ fn all_queues_together_stay_under_max_output_memory_largest_cut_first() {
     let addr = daemon.addr;
     let stalled: Vec<TcpStream> = (0..STALLED).map(|_| stalled_reader(addr)).collect();
     let everything = MESSAGES * (MESSAGE + 4);
-    let fast = plain_websocket(addr);
+    let fast = raw_websocket(addr, "/ws");
     let fast_reader = thread::spawn(move || read_at_least(fast, everything));
     let mut publisher = Publisher::connect(addr, everything);
     // Under 1 MiB per queue, so --max-buffered alone cuts nobody; 12 queues would hold ~10 MiB.
@@ -208,12 +212,7 @@ fn the_memory_of_a_drained_burst_goes_back_to_the_system() {
         }
     });
     assert_eq!(metric(addr, "wshub_slow_consumer_disconnects_total"), 0);
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let mut after = rss_kib(&daemon);
-    while after > baseline + 16 * 1024 && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(100));
-        after = rss_kib(&daemon);
-    }
+    let after = rss_settled(&daemon, baseline + 16 * 1024, Duration::from_secs(3));
     eprintln!("RSS: baseline {baseline} KiB, peak {peak} KiB, after the drain {after} KiB");
     assert!(
         peak > baseline + 64 * 1024,
@@ -246,12 +245,7 @@ fn memory_goes_back_once_stalled_readers_are_cut() {
     // The cut readers are still connected (they never read their Close): their queues hold the
     // rest of one frame, and the process holds little more than before the burst.
     let settled = |what: &str| {
-        let deadline = Instant::now() + Duration::from_secs(2);
-        let mut rss = rss_kib(&daemon);
-        while rss > baseline + 16 * 1024 && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(100));
-            rss = rss_kib(&daemon);
-        }
+        let rss = rss_settled(&daemon, baseline + 16 * 1024, Duration::from_secs(2));
         eprintln!("RSS {what}: {rss} KiB (baseline {baseline} KiB, peak {peak} KiB)");
         rss
     };

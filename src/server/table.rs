@@ -61,6 +61,17 @@ impl OutputLimits {
     }
 }
 
+/// What became of a frame offered to one connection.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Appended {
+    /// The connection takes no messages (gone, or not open).
+    Refused,
+    /// Appended and kept; the caller counts the copy.
+    Kept,
+    /// Appended, which took the queue past `--max-buffered`: counted, and the queue cut.
+    Cut,
+}
+
 /// The per-turn lists, apart from the slab so a connection can be borrowed from the slab while
 /// its id is listed.
 #[derive(Default)]
@@ -190,15 +201,12 @@ impl ConnTable {
 
     /// Appends a message's frame to an open connection; false when it takes no messages.
     pub(super) fn send(&mut self, id: ConnId, frame: &[u8], now: Instant) -> bool {
-        let Some(conn) = self.conns.get_mut(id.0) else {
-            return false;
-        };
-        if !conn.is_open() {
-            return false;
+        let appended = self.append(id, frame, now);
+        if appended == Appended::Kept {
+            self.output.total += frame.len();
+            self.check_total();
         }
-        conn.push(frame, now);
-        self.output_added(id, frame.len());
-        true
+        appended != Appended::Refused
     }
 
     /// Frames `payload` once and appends the frame to every recipient that takes messages;
@@ -213,34 +221,44 @@ impl ConnTable {
         let mut frame = std::mem::take(&mut self.frame);
         frame.clear();
         frame::encode(opcode, payload, &mut frame);
-        let (mut delivered, mut lagged) = (0, 0);
+        let (mut kept, mut cut) = (0, 0);
         for id in recipients {
-            let Some(conn) = self.conns.get_mut(id.0) else {
-                continue;
-            };
-            if !conn.is_open() {
-                continue;
-            }
-            conn.push(&frame, now);
-            delivered += 1;
-            if conn.pending() > self.output.max_buffered {
-                // Counted before the cut, which takes off everything the queue held.
-                self.output.total += frame.len();
-                lagged += 1;
-                self.lag(id);
-            } else if conn.queue() {
-                self.lists.queued.next.push(id);
+            match self.append(id, &frame, now) {
+                Appended::Kept => kept += 1,
+                Appended::Cut => cut += 1,
+                Appended::Refused => {}
             }
         }
-        // The copies that stayed are counted once per fan-out rather than per recipient (the
-        // hot loop's only extra cost); the total is checked right after, so it never passes
-        // the limit by more than this one message's copies.
-        self.output.total += frame.len() * (delivered - lagged);
+        // The copies kept are counted once per fan-out rather than per recipient (the hot
+        // loop's only extra cost); the total is checked right after, so it never passes the
+        // limit by more than this one message's copies.
+        self.output.total += frame.len() * kept;
         self.frame = frame;
-        if self.output.total > self.output.max_total {
-            self.cut_largest();
+        self.check_total();
+        (kept + cut) as u64
+    }
+
+    /// Appends a frame to an open connection. Past `--max-buffered` the connection lags (the
+    /// copy is counted first, since the cut takes off everything the queue held); otherwise an
+    /// idle one goes on the write list, and the copy is left for the caller to count.
+    #[inline]
+    fn append(&mut self, id: ConnId, frame: &[u8], now: Instant) -> Appended {
+        let Some(conn) = self.conns.get_mut(id.0) else {
+            return Appended::Refused;
+        };
+        if !conn.is_open() {
+            return Appended::Refused;
         }
-        delivered as u64
+        conn.push(frame, now);
+        if conn.pending() > self.output.max_buffered {
+            self.output.total += frame.len();
+            self.lag(id);
+            return Appended::Cut;
+        }
+        if conn.queue() {
+            self.lists.queued.next.push(id);
+        }
+        Appended::Kept
     }
 
     /// Appends bytes in any phase (an HTTP response, a Close frame) and queues them.
@@ -280,6 +298,11 @@ impl ConnTable {
         } else if conn.queue() {
             self.lists.queued.next.push(id);
         }
+        self.check_total();
+    }
+
+    /// Past `--max-output-memory` in total, cuts the largest queues.
+    fn check_total(&mut self) {
         if self.output.total > self.output.max_total {
             self.cut_largest();
         }

@@ -562,3 +562,23 @@ pub fn tcp_connect(addr: SocketAddr) -> TcpStream {
         .expect("read timeout");
     stream
 }
+
+/// Unix time in seconds, for token claims.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+/// Asserts that `user` is a generated anonymous id: `anon-` and at least 8 random letters or
+/// digits (SPEC §4).
+pub fn assert_anonymous_id(user: &str) {
+    let random = user
+        .strip_prefix("anon-")
+        .unwrap_or_else(|| panic!("{user} is not anon-<random>"));
+    assert!(
+        random.len() >= 8 && random.bytes().all(|b| b.is_ascii_alphanumeric()),
+        "{user}: not anon- and at least 8 random letters or digits"
+    );
+}
