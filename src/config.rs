@@ -161,6 +161,26 @@ pub struct Config {
     )]
     pub trusted_proxies: Vec<Cidr>,
 
+    /// Join other instances into one hub through this Redis (or Valkey):
+    /// redis://[user:password@]host:port[/db]. The host is resolved once, at start-up. Without
+    /// it nothing connects and the instance is a hub of its own.
+    #[arg(long, env = "WSHUB_REDIS", value_name = "URL", value_parser = crate::redis::parse_redis_url)]
+    pub redis: Option<crate::redis::RedisUrl>,
+
+    /// This instance's name in logs, metrics and Redis (letters, digits, `.`, `_`, `-`, `:`);
+    /// defaults to host name, process id and a random suffix.
+    #[arg(long, env = "WSHUB_INSTANCE_ID", value_name = "NAME", value_parser = parse_instance_id)]
+    pub instance_id: Option<String>,
+
+    /// Prefix of every Redis key and channel, so several hubs can share one Redis.
+    #[arg(long, env = "WSHUB_REDIS_PREFIX", default_value = "wshub", value_name = "PREFIX", value_parser = parse_instance_id)]
+    pub redis_prefix: String,
+
+    /// An instance that stops (even killed with SIGKILL) leaves the hub within this: its users
+    /// drop out of the other instances' lists, with presence `leave`.
+    #[arg(long, env = "WSHUB_REDIS_PRESENCE_TTL", default_value = "15s", value_parser = parse_duration)]
+    pub redis_presence_ttl: Duration,
+
     /// Log level (error, warn, info, debug, trace); defaults to RUST_LOG, else info.
     #[arg(long, env = "WSHUB_LOG_LEVEL")]
     pub log_level: Option<String>,
@@ -235,11 +255,26 @@ impl Config {
         if self.max_connections == 0 {
             return Err("--max-connections must be at least 1".into());
         }
+        if self.redis_presence_ttl < Duration::from_millis(500) {
+            return Err("--redis-presence-ttl must be at least 500ms".into());
+        }
         if self.ping_interval.is_zero() || self.idle_timeout.is_zero() {
             return Err("--ping-interval and --idle-timeout must be above zero".into());
         }
         Ok(())
     }
+}
+
+/// An instance id or key prefix: it is written into Redis keys, channels and the header of
+/// every published event, so it holds no spaces, newlines or other surprises.
+fn parse_instance_id(text: &str) -> Result<String, String> {
+    let fine = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':');
+    if text.is_empty() || text.len() > 64 || !text.chars().all(fine) {
+        return Err(format!(
+            "invalid name {text:?}: 1 to 64 letters, digits, '.', '_', '-' or ':'"
+        ));
+    }
+    Ok(text.to_owned())
 }
 
 fn parse_ws_path(text: &str) -> Result<String, String> {

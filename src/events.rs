@@ -97,6 +97,45 @@ pub struct Context<'a> {
     pub max_message_size: usize,
     /// What bounds this connection's control events (SPEC §6).
     pub control: Control<'a>,
+    /// Whether this instance is one of several sharing the hub through Redis (SPEC §10): then
+    /// counts, presence, `online` and whether a user is offline are decided hub-wide, so the
+    /// requests that need them become [`Ask`]s instead of replies.
+    pub hub_wide: bool,
+}
+
+/// A request that needs the hub-wide state (SPEC §10), already applied to this instance's hub:
+/// the loop asks Redis and answers with [`join_reply`], [`online_reply`] or [`direct_reply`].
+#[derive(Clone, Debug)]
+pub enum Ask {
+    /// `join`: the reply waits for the hub-wide count; presence is decided hub-wide.
+    Join {
+        room: String,
+        /// The connection was not in the room before (a repeated join changes no count).
+        new_member: bool,
+        /// No other connection of this user is in the room on this instance.
+        first_for_user: bool,
+        id: Option<Box<RawValue>>,
+    },
+    /// `quit`, already answered: the hub-wide counts and presence follow.
+    Quit {
+        room: String,
+        /// No other connection of this user is left in the room on this instance.
+        last_for_user: bool,
+        /// The room has no member left on this instance.
+        emptied: bool,
+    },
+    /// `online`, answered from the hub-wide lists.
+    Online {
+        room: Option<String>,
+        id: Option<Box<RawValue>>,
+    },
+    /// `direct`, delivered through Redis and answered 404 when no instance has the user.
+    Direct {
+        to: String,
+        /// The event for the user's connections, serialised once.
+        json: String,
+        id: Option<Box<RawValue>>,
+    },
 }
 
 /// What bounds the cost of control events (SPEC §6), so that one client's joins, quits and
@@ -114,7 +153,13 @@ pub struct Control<'a> {
 
 /// Applies one client text frame to the hub and appends what must be sent to `out`. Every
 /// outcome, including garbage, is a reply or a delivery: nothing here panics or closes.
-pub fn handle(hub: &mut Hub, ctx: &Context, text: &str, out: &mut Vec<Delivery>) {
+pub fn handle(
+    hub: &mut Hub,
+    ctx: &Context,
+    text: &str,
+    out: &mut Vec<Delivery>,
+    asks: &mut Vec<Ask>,
+) {
     let Some(request) = decode(text) else {
         return reply_error(out, ctx.conn, UNREADABLE, None, Failure::MALFORMED);
     };
@@ -126,11 +171,11 @@ pub fn handle(hub: &mut Hub, ctx: &Context, text: &str, out: &mut Vec<Delivery>)
     }
     let handled = match &*event {
         "ping" => ping(ctx, &request, out),
-        "join" => join(hub, ctx, &request, out),
-        "quit" => quit(hub, ctx, &request, out),
+        "join" => join(hub, ctx, &request, out, asks),
+        "quit" => quit(hub, ctx, &request, out, asks),
         "message" => message(hub, ctx, &request, out),
-        "direct" => direct(hub, ctx, &request, out),
-        "online" => online(hub, ctx, &request, out),
+        "direct" => direct(hub, ctx, &request, out, asks),
+        "online" => online(hub, ctx, &request, out, asks),
         _ => Err(Failure::UNKNOWN_EVENT),
     };
     if let Err(failure) = handled {
@@ -397,23 +442,27 @@ fn join(
     ctx: &Context,
     request: &Request,
     out: &mut Vec<Delivery>,
+    asks: &mut Vec<Ask>,
 ) -> Result<(), Failure> {
     let room = room_name(request.room)?.ok_or(Failure::MISSING_ROOM)?;
     if !(ctx.may_join)(&room) {
         return Err(Failure::NOT_ALLOWED);
     }
-    if !hub.is_member(ctx.conn, &room) && hub.rooms_of(ctx.conn) >= MAX_ROOMS_PER_CONNECTION {
+    let new_member = !hub.is_member(ctx.conn, &room);
+    if new_member && hub.rooms_of(ctx.conn) >= MAX_ROOMS_PER_CONNECTION {
         return Err(Failure::TOO_MANY_ROOMS);
     }
     let joined = hub.join(ctx.conn, &room).ok_or(Failure::NOT_CONNECTED)?;
-    let reply = Reply {
-        room: Some(Some(&*room)),
-        data: Some(Count {
-            count: joined.users,
-        }),
-        ..Reply::ok("join", request)
-    };
-    push(out, Target::Conn(ctx.conn), &reply);
+    if ctx.hub_wide {
+        asks.push(Ask::Join {
+            room: room.into_owned(),
+            new_member,
+            first_for_user: joined.first_for_user,
+            id: request.id.map(RawValue::to_owned),
+        });
+        return Ok(());
+    }
+    out.extend(join_reply(ctx.conn, &room, request.id, joined.users));
     if joined.first_for_user
         && joined.users > 1
         && announced(
@@ -433,6 +482,7 @@ fn quit(
     ctx: &Context,
     request: &Request,
     out: &mut Vec<Delivery>,
+    asks: &mut Vec<Ask>,
 ) -> Result<(), Failure> {
     let room = room_name(request.room)?.ok_or(Failure::MISSING_ROOM)?;
     let left = hub.quit(ctx.conn, &room).ok_or(Failure::NOT_IN_ROOM)?;
@@ -442,6 +492,14 @@ fn quit(
     };
     push(out, Target::Conn(ctx.conn), &reply);
     let still_in = hub.room_members(&room).len();
+    if ctx.hub_wide {
+        asks.push(Ask::Quit {
+            room: room.into_owned(),
+            last_for_user: left.last_for_user,
+            emptied: still_in == 0,
+        });
+        return Ok(());
+    }
     if left.last_for_user
         && still_in > 0
         && announced(still_in + 1, ctx.control.presence_max_members)
@@ -485,11 +543,12 @@ fn direct(
     ctx: &Context,
     request: &Request,
     out: &mut Vec<Delivery>,
+    asks: &mut Vec<Ask>,
 ) -> Result<(), Failure> {
     let to = request.to.and_then(string).ok_or(Failure::BAD_TO)?;
     let data = request.data.ok_or(Failure::MISSING_DATA)?;
     let from = hub.user_of(ctx.conn).ok_or(Failure::NOT_CONNECTED)?;
-    if hub.user_connections(&to).is_empty() {
+    if !ctx.hub_wide && hub.user_connections(&to).is_empty() {
         return Err(Failure::OFFLINE);
     }
     let json = relayed(
@@ -500,15 +559,19 @@ fn direct(
         ctx.now_ms,
         ctx.max_message_size,
     )?;
+    if ctx.hub_wide {
+        asks.push(Ask::Direct {
+            to: to.into_owned(),
+            json,
+            id: request.id.map(RawValue::to_owned),
+        });
+        return Ok(());
+    }
     out.push(Delivery {
         target: Target::User(to.into_owned()),
         json,
     });
-    push(
-        out,
-        Target::Conn(ctx.conn),
-        &Reply::<()>::ok("direct", request),
-    );
+    out.extend(direct_reply(ctx.conn, request.id, true));
     Ok(())
 }
 
@@ -517,6 +580,7 @@ fn online(
     ctx: &Context,
     request: &Request,
     out: &mut Vec<Delivery>,
+    asks: &mut Vec<Ask>,
 ) -> Result<(), Failure> {
     let room = room_name(request.room)?;
     // A token limited to some rooms does not reveal who is in the others, nor who is online.
@@ -525,21 +589,85 @@ fn online(
         None if !ctx.may_reach_everyone => return Err(Failure::NOT_EVERYONE_VISIBLE),
         _ => {}
     }
-    let mut users: Vec<&str> = match &room {
+    if ctx.hub_wide {
+        asks.push(Ask::Online {
+            room: room.map(Cow::into_owned),
+            id: request.id.map(RawValue::to_owned),
+        });
+        return Ok(());
+    }
+    let users: Vec<&str> = match &room {
         Some(room) => hub.room_users(room).collect(),
         None => hub.users().collect(),
     };
+    out.extend(online_reply(ctx.conn, room.as_deref(), request.id, users));
+    Ok(())
+}
+
+/// The reply to a `join` of `room` by `conn`, which now has `count` distinct users.
+pub fn join_reply(
+    conn: ConnId,
+    room: &str,
+    id: Option<&RawValue>,
+    count: usize,
+) -> Option<Delivery> {
+    let reply = Reply {
+        event: "join",
+        id,
+        code: 0,
+        room: Some(Some(room)),
+        data: Some(Count { count }),
+        ts: None,
+    };
+    delivery(Target::Conn(conn), &reply)
+}
+
+/// The reply to an `online` of `room` (everyone when `None`) listing `users`, in any order.
+pub fn online_reply<S: AsRef<str>>(
+    conn: ConnId,
+    room: Option<&str>,
+    id: Option<&RawValue>,
+    users: Vec<S>,
+) -> Option<Delivery> {
+    let mut users: Vec<&str> = users.iter().map(AsRef::as_ref).collect();
     users.sort_unstable();
     let reply = Reply {
-        room: Some(room.as_deref()),
+        event: "online",
+        id,
+        code: 0,
+        room: Some(room),
         data: Some(Online {
             count: users.len(),
             users,
         }),
-        ..Reply::ok("online", request)
+        ts: None,
     };
-    push(out, Target::Conn(ctx.conn), &reply);
-    Ok(())
+    delivery(Target::Conn(conn), &reply)
+}
+
+/// The reply to a `direct`: code 0 when the user was `online` somewhere, 404 when not.
+pub fn direct_reply(conn: ConnId, id: Option<&RawValue>, online: bool) -> Option<Delivery> {
+    if online {
+        delivery(
+            Target::Conn(conn),
+            &Reply::<()> {
+                event: "direct",
+                id,
+                code: 0,
+                room: None,
+                data: None,
+                ts: None,
+            },
+        )
+    } else {
+        let reply = ErrorReply {
+            event: "direct",
+            id,
+            code: Failure::OFFLINE.code,
+            error: Failure::OFFLINE.error,
+        };
+        delivery(Target::Conn(conn), &reply)
+    }
 }
 
 /// A presence event for the members of `room`.
@@ -597,9 +725,13 @@ fn reply_error(
 /// numbers and already-valid raw JSON, so serialisation cannot fail; were it ever to, the event
 /// is dropped rather than sent half-made.
 fn push<T: Serialize>(out: &mut Vec<Delivery>, target: Target, value: &T) {
-    if let Ok(json) = serde_json::to_string(value) {
-        out.push(Delivery { target, json });
-    }
+    out.extend(delivery(target, value));
+}
+
+/// `value` serialised once for `target` (`None` in the case [`push`] rules out).
+fn delivery<T: Serialize>(target: Target, value: &T) -> Option<Delivery> {
+    let json = serde_json::to_string(value).ok()?;
+    Some(Delivery { target, json })
 }
 
 #[cfg(test)]
@@ -663,9 +795,10 @@ mod tests {
             may_reach_everyone: may_join("*"),
             max_message_size: LIMIT,
             control,
+            hub_wide: false,
         };
         let mut out = Vec::new();
-        handle(hub, &ctx, text, &mut out);
+        handle(hub, &ctx, text, &mut out, &mut Vec::new());
         out
     }
 
@@ -1178,6 +1311,7 @@ mod tests {
             may_reach_everyone: true,
             max_message_size: 100,
             control: unbounded(),
+            hub_wide: false,
         };
         let fits = format!(
             r#"{{"event":"message","room":"lobby","data":"{}"}}"#,
@@ -1192,11 +1326,11 @@ mod tests {
             "x".repeat(90)
         );
         let mut out = Vec::new();
-        handle(&mut hub, &ctx, &fits, &mut out);
+        handle(&mut hub, &ctx, &fits, &mut out, &mut Vec::new());
         assert_eq!(out[0].json.len(), 100);
         out.clear();
-        handle(&mut hub, &ctx, &too_big, &mut out);
-        handle(&mut hub, &ctx, &direct, &mut out);
+        handle(&mut hub, &ctx, &too_big, &mut out, &mut Vec::new());
+        handle(&mut hub, &ctx, &direct, &mut out, &mut Vec::new());
         assert_eq!(
             out,
             [

@@ -41,6 +41,11 @@ pub struct Departure {
     /// Rooms in which this was the user's last connection: the members still there must hear
     /// that the user left. A room that became empty is listed too (with nobody to tell).
     pub last_in: Vec<Rc<str>>,
+    /// Every room the connection was in, each with whether it is now empty: what the hub-wide
+    /// counts (`redis`) subtract, and the rooms this instance may stop listening to.
+    pub rooms: Vec<(Rc<str>, bool)>,
+    /// Whether this was the user's last connection: the user is now offline here.
+    pub last_connection: bool,
 }
 
 /// Rooms, users and their connections, with every index needed to answer and update in O(1).
@@ -69,6 +74,9 @@ pub enum Target {
     Room(String),
     /// Every member of a room but one: a presence join goes to the others, not the joiner.
     RoomExcept(String, ConnId),
+    /// Every member of a room but the connections of one user: presence decided hub-wide
+    /// (`redis`) goes to everyone in the room but the user it is about.
+    RoomExceptUser(String, String),
     /// Every connection of one user.
     User(String),
     /// Every connected client.
@@ -82,14 +90,19 @@ impl Target {
             Target::Conn(conn) => (Some(*conn), &[], None),
             Target::Room(room) => (None, hub.room_members(room), None),
             Target::RoomExcept(room, conn) => (None, hub.room_members(room), Some(*conn)),
+            Target::RoomExceptUser(room, _) => (None, hub.room_members(room), None),
             Target::User(user) => (None, hub.user_connections(user), None),
             Target::All => (None, hub.connections(), None),
         };
-        single.into_iter().chain(
-            many.iter()
-                .copied()
-                .filter(move |conn| Some(*conn) != except),
-        )
+        let except_user = match self {
+            Target::RoomExceptUser(_, user) => Some(hub.user_connections(user)),
+            _ => None,
+        };
+        single
+            .into_iter()
+            .chain(many.iter().copied().filter(move |conn| {
+                Some(*conn) != except && !except_user.is_some_and(|tabs| tabs.contains(conn))
+            }))
     }
 }
 
@@ -247,8 +260,10 @@ impl Hub {
         {
             moved.all_slot = gone.all_slot;
         }
+        let mut last_connection = false;
         if let Some(tabs) = self.users.get_mut(&gone.user) {
             let (moved, empty) = tabs.remove(gone.user_slot);
+            last_connection = empty;
             if empty {
                 self.users.remove(&gone.user);
             } else if let Some(moved) = moved
@@ -258,14 +273,19 @@ impl Hub {
             }
         }
         let mut last_in = Vec::new();
+        let mut rooms = Vec::with_capacity(gone.rooms.len());
         for (room, slot) in gone.rooms {
             if self.leave_room(&gone.user, &room, slot) {
-                last_in.push(room);
+                last_in.push(Rc::clone(&room));
             }
+            let emptied = !self.rooms.contains_key(&room);
+            rooms.push((room, emptied));
         }
         Some(Departure {
             user: gone.user,
             last_in,
+            rooms,
+            last_connection,
         })
     }
 
@@ -359,6 +379,18 @@ impl Hub {
     /// How many distinct users are online.
     pub fn user_count(&self) -> usize {
         self.users.len()
+    }
+
+    /// Every room with its members and distinct users, in no particular order: what this
+    /// instance holds, registered hub-wide (`redis`) after Redis comes back.
+    pub fn rooms(&self) -> impl Iterator<Item = (&str, &[ConnId], impl Iterator<Item = &str>)> {
+        self.rooms.iter().map(|(name, room)| {
+            (
+                &**name,
+                room.members.as_slice(),
+                room.users.keys().map(|user| &**user),
+            )
+        })
     }
 
     /// How many connections are registered.

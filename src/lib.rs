@@ -40,6 +40,7 @@ pub mod netaddr;
 pub mod outbuf;
 pub mod peers;
 pub mod ratelimit;
+pub mod redis;
 pub mod server;
 pub mod session;
 pub mod signals;

@@ -71,6 +71,8 @@ pub struct Gauges {
     pub users: usize,
     /// Bytes queued for all connections together (bounded by `--max-output-memory`).
     pub output_bytes: usize,
+    /// With `--redis`: whether Redis is usable, and its counters.
+    pub redis: Option<(bool, crate::redis::Stats)>,
 }
 
 /// Monotonic counters since start-up.
@@ -169,6 +171,44 @@ impl Metrics {
             "Bytes queued for all connections together.",
             gauges.output_bytes as u64,
         );
+        if let Some((up, redis)) = gauges.redis {
+            series(
+                "wshub_redis_up",
+                "gauge",
+                "1 while Redis is usable, 0 while this instance serves only its own clients.",
+                u64::from(up),
+            );
+            series(
+                "wshub_redis_published_total",
+                "counter",
+                "Events published to Redis.",
+                redis.published,
+            );
+            series(
+                "wshub_redis_received_total",
+                "counter",
+                "Events received from Redis subscriptions.",
+                redis.received,
+            );
+            series(
+                "wshub_redis_reconnects_total",
+                "counter",
+                "Times Redis became usable again after a failure.",
+                redis.reconnects,
+            );
+            series(
+                "wshub_redis_errors_total",
+                "counter",
+                "Redis failures: lost connections, errors, unreadable replies, timeouts.",
+                redis.errors,
+            );
+            series(
+                "wshub_redis_local_only_total",
+                "counter",
+                "Events delivered only to this instance's clients because Redis was unusable.",
+                redis.local_only,
+            );
+        }
         out.push_str(
             "# HELP wshub_handshake_failures_total Failed WebSocket handshakes by reason.\n",
         );
@@ -202,6 +242,13 @@ mod tests {
             rooms: 1,
             users: 2,
             output_bytes: 640,
+            redis: Some((
+                true,
+                crate::redis::Stats {
+                    published: 5,
+                    ..crate::redis::Stats::default()
+                },
+            )),
         });
         for line in [
             "wshub_connections 2",
@@ -216,6 +263,9 @@ mod tests {
             "wshub_bytes_sent_total 0",
             "wshub_bytes_received_total 0",
             "wshub_messages_received_total 0",
+            "wshub_redis_up 1",
+            "wshub_redis_published_total 5",
+            "wshub_redis_local_only_total 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

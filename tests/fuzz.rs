@@ -164,6 +164,7 @@ fn check_route(request: &Request) {
             address_full,
             at_capacity,
             api_key,
+            redis_unavailable: address_full,
         };
         if let Route::Respond(response) = route(request, &ctx) {
             let status = response.status;
@@ -355,9 +356,10 @@ fn check_event(hub: &mut Hub, text: &str) -> Vec<Delivery> {
             take_command: &|| true,
             presence_max_members: 1_000,
         },
+        hub_wide: false,
     };
     let mut out = Vec::new();
-    events::handle(hub, &ctx, text, &mut out);
+    events::handle(hub, &ctx, text, &mut out, &mut Vec::new());
     assert!(!out.is_empty(), "no reply and no delivery for {text:?}");
     let is_object = fields(text).is_some();
     for delivery in &out {

@@ -22,6 +22,9 @@ pub struct RouteContext<'a> {
     pub at_capacity: bool,
     /// `--api-key`; the API answers 404 without one.
     pub api_key: Option<&'a str>,
+    /// True when `--redis` is given and Redis is unusable: `/healthz` says the instance is
+    /// degraded (it still serves its own clients, so it stays 200).
+    pub redis_unavailable: bool,
 }
 
 /// What to do with a request.
@@ -69,7 +72,12 @@ pub fn route(request: &Request, ctx: &RouteContext) -> Route {
     }
     match path {
         "/healthz" => {
-            Route::Respond(Response::text(200, "ok\n").with_header("Cache-Control", "no-store"))
+            let health = if ctx.redis_unavailable {
+                "degraded: redis unavailable\n"
+            } else {
+                "ok\n"
+            };
+            Route::Respond(Response::text(200, health).with_header("Cache-Control", "no-store"))
         }
         "/metrics" => Route::Metrics,
         "/" => serve_asset(ctx.assets, "index.html"),
@@ -174,6 +182,7 @@ mod tests {
         address_full: bool,
         at_capacity: bool,
         api_key: Option<&'k str>,
+        redis_unavailable: bool,
     }
 
     fn decide_in(head: &str, situation: Situation) -> Route {
@@ -190,6 +199,7 @@ mod tests {
             address_full: situation.address_full,
             at_capacity: situation.at_capacity,
             api_key: situation.api_key,
+            redis_unavailable: situation.redis_unavailable,
         };
         route(&parse(head.as_bytes()).unwrap().0, &ctx)
     }
@@ -272,6 +282,22 @@ mod tests {
             status(decide("DELETE /healthz HTTP/1.1\r\n\r\n", false)),
             405
         );
+    }
+
+    #[test]
+    fn healthz_says_when_redis_is_unavailable_but_stays_200() {
+        let body = |redis_unavailable| match decide_in(
+            "GET /healthz HTTP/1.1\r\n\r\n",
+            Situation {
+                redis_unavailable,
+                ..Situation::default()
+            },
+        ) {
+            Route::Respond(response) => (response.status, response.body.into_owned()),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(body(false), (200, b"ok\n".to_vec()));
+        assert_eq!(body(true), (200, b"degraded: redis unavailable\n".to_vec()));
     }
 
     #[test]

@@ -154,9 +154,13 @@ impl Server {
     pub(super) fn reap(&mut self) {
         let liveness = &mut self.liveness;
         let peers = &mut self.peers;
-        self.table.reap(|conn| {
+        let redis = &mut self.redis;
+        self.table.reap(|id, conn| {
             liveness.disarm(conn);
             peers.removed(conn.peer);
+            if let Some(redis) = redis {
+                redis.forget(id);
+            }
             debug!("{}: connection removed", conn.client);
         });
     }

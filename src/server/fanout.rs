@@ -22,11 +22,23 @@ impl Server {
         delivered
     }
 
-    /// Fans out, in order, every delivery the `events` core appended to `self.deliveries`.
+    /// Sends an event for a room, a user or everyone to every instance of the hub: through
+    /// Redis while it routes (each instance delivers it when it comes back), else here at
+    /// once. Returns how many took it here, or `None` when it went to Redis.
+    pub(super) fn relay(&mut self, target: &Target, opcode: OpCode, payload: &[u8]) -> Option<u64> {
+        let published = self
+            .redis
+            .as_mut()
+            .is_some_and(|redis| redis.publish(target, opcode, payload));
+        (!published).then(|| self.fan_out(target, opcode, payload))
+    }
+
+    /// Sends, in order, every delivery the `events` core appended to `self.deliveries`: replies
+    /// here, the rest through [`Server::relay`].
     pub(super) fn deliver(&mut self) {
         let mut deliveries = std::mem::take(&mut self.deliveries);
         for delivery in deliveries.drain(..) {
-            self.fan_out(&delivery.target, OpCode::Text, delivery.json.as_bytes());
+            self.relay(&delivery.target, OpCode::Text, delivery.json.as_bytes());
         }
         self.deliveries = deliveries;
     }

@@ -13,6 +13,7 @@ use log::{debug, warn};
 
 use super::Server;
 use super::fanout::unix_ms;
+use super::redis::online_response;
 use crate::events;
 use crate::frame::OpCode;
 use crate::http::request::Limits;
@@ -36,12 +37,14 @@ impl Server {
             max_body: self.config.max_message_size,
         };
         loop {
+            let waits = self.redis.as_ref().is_some_and(|r| r.holds_answer_for(id));
             let Some(conn) = self.table.get_mut(id) else {
                 return;
             };
-            if conn.pending() > self.config.max_buffered {
-                // A client pipelining requests without reading the answers: stop answering and
-                // reading until its output drains (the write pass resumes it).
+            if waits || conn.pending() > self.config.max_buffered {
+                // A client pipelining requests without reading the answers, or whose last
+                // request waits for Redis: stop answering and reading until its output drains
+                // (the write pass resumes it).
                 conn.pause_reading();
                 return;
             }
@@ -96,13 +99,24 @@ impl Server {
                 address_full: !self.peers.may_upgrade(conn.client),
                 at_capacity: self.hub.connection_count() >= self.config.max_connections,
                 api_key: self.config.api_key.as_deref(),
+                redis_unavailable: self.redis.as_ref().is_some_and(|r| !r.is_up()),
             };
             let response = match route::route(&request, &ctx) {
                 Route::Upgrade(upgrade) => {
                     self.upgrade(id, upgrade);
                     return;
                 }
-                Route::ApiOnline { room } => self.api_online(room.as_deref()),
+                Route::ApiOnline { room } => {
+                    let keep_alive = request.keep_alive();
+                    let head = request.method == "HEAD";
+                    if self.ask_api_online(id, room.clone(), keep_alive, head) {
+                        if let Some(conn) = self.table.get_mut(id) {
+                            conn.pause_reading();
+                        }
+                        return;
+                    }
+                    self.api_online(room.as_deref())
+                }
                 Route::ApiPublish => self.api_publish(&body),
                 Route::Metrics => Response::new(
                     200,
@@ -149,18 +163,9 @@ impl Server {
             .handshake_failed(HandshakeFailure::from_status(response.status));
     }
 
-    /// `GET /api/online`: who is online, in a room or anywhere.
+    /// `GET /api/online` from this instance's hub: who is online, in a room or anywhere.
     fn api_online(&self, room: Option<&str>) -> Response {
-        let (mut users, connections): (Vec<&str>, usize) = match room {
-            Some(room) => (
-                self.hub.room_users(room).collect(),
-                self.hub.room_members(room).len(),
-            ),
-            None => (self.hub.users().collect(), self.hub.connection_count()),
-        };
-        users.sort_unstable();
-        let body = serde_json::json!({ "room": room, "count": users.len(), "users": users, "connections": connections });
-        Response::json(200, body.to_string())
+        online_response(room, self.local_users(room), self.local_connections(room))
     }
 
     /// `POST /api/publish`: delivers the body's message like a client's, without `from`.
@@ -170,8 +175,11 @@ impl Server {
         };
         match events::publish(unix_ms(), self.config.max_message_size, body) {
             Ok(delivery) => {
-                let delivered =
-                    self.fan_out(&delivery.target, OpCode::Text, delivery.json.as_bytes());
+                // Through Redis, the answer counts this instance's connections the event is
+                // for now; it is delivered to them when it comes back.
+                let delivered = self
+                    .relay(&delivery.target, OpCode::Text, delivery.json.as_bytes())
+                    .unwrap_or_else(|| delivery.target.recipients(&self.hub).count() as u64);
                 Response::json(
                     200,
                     serde_json::json!({ "delivered": delivered }).to_string(),
@@ -187,11 +195,12 @@ impl Server {
             rooms: self.hub.room_count(),
             users: self.hub.user_count(),
             output_bytes: self.table.output_bytes(),
+            redis: self.redis.as_ref().map(|r| (r.is_up(), r.stats())),
         })
     }
 
     /// Queues an HTTP response; a closing response ends the connection once it is written.
-    fn respond(&mut self, id: ConnId, response: &Response, include_body: bool) {
+    pub(super) fn respond(&mut self, id: ConnId, response: &Response, include_body: bool) {
         let mut bytes = Vec::with_capacity(256 + response.body.len());
         response.encode(include_body, &mut bytes);
         self.table.push(id, &bytes, self.now);
@@ -253,6 +262,7 @@ impl Server {
         conn.open(session, self.now);
         self.peers.upgraded(conn.peer, conn.client);
         self.hub.connect(id, &user);
+        self.redis_connected(&user);
         self.metrics.connections_total += 1;
         self.reschedule(id);
         if let Some(rest) = rest.filter(|rest| !rest.is_empty()) {
@@ -274,7 +284,7 @@ impl Server {
 
 /// 16 bytes from the kernel's CSPRNG (`getrandom(2)`, the source std's `HashMap` keys use). It
 /// does not block once the pool is initialised at boot, long before a daemon takes clients.
-fn os_random() -> io::Result<[u8; 16]> {
+pub(super) fn os_random() -> io::Result<[u8; 16]> {
     let mut bytes = [0u8; 16];
     loop {
         // SAFETY: the pointer and length describe `bytes`, which outlives the call; getrandom

@@ -14,6 +14,7 @@
 //! - `liveness`: the timer wheel: pings, idle and write timeouts.
 //! - `shutdown`: signals and the graceful drain.
 //! - `memory`: giving the memory of a drained burst back to the system.
+//! - `redis`: the two Redis sockets (`--redis`), and what goes through Redis or waits for it.
 //!
 //! A turn: wait for readiness (or the next timer); read the ready connections and note WRITABLE;
 //! accept and handle signals; read the connections left unread last turn; expire timers; close
@@ -27,6 +28,7 @@ mod http;
 mod input;
 mod liveness;
 mod memory;
+mod redis;
 mod shutdown;
 mod table;
 mod websocket;
@@ -46,7 +48,7 @@ use crate::assets::Assets;
 use crate::auth::JwtVerifier;
 use crate::config::Config;
 use crate::conn::Timeouts;
-use crate::events::Delivery;
+use crate::events::{Ask, Delivery};
 use crate::hub::{ConnId, Hub};
 use crate::metrics::Metrics;
 use crate::peers::Peers;
@@ -54,6 +56,7 @@ use crate::peers::Peers;
 use accept::Acceptor;
 use input::SCRATCH_SIZE;
 use liveness::Liveness;
+use redis::{REDIS_COMMANDS, REDIS_SUBSCRIPTIONS, Redis};
 use shutdown::Shutdown;
 use table::ConnTable;
 
@@ -103,6 +106,8 @@ pub struct Server {
     liveness: Liveness,
     /// Signals, and the drain once shutdown began.
     shutdown: Shutdown,
+    /// The other instances of the hub, through Redis (`--redis`).
+    redis: Option<Redis>,
     metrics: Metrics,
     /// The read buffer every connection is read into.
     scratch: Vec<u8>,
@@ -112,6 +117,8 @@ pub struct Server {
     /// Events the `events` core appends, fanned out by `deliver` right after; kept so its
     /// allocation is reused.
     deliveries: Vec<Delivery>,
+    /// Requests the `events` core hands to Redis (`redis::ask`), likewise reused.
+    asks: Vec<Ask>,
     /// The listener or a signal pipe became ready: acted on once per turn, after the turn's
     /// reads, never during a write pass (which may see the readiness first).
     services_ready: Vec<Token>,
@@ -145,6 +152,10 @@ impl Server {
             .as_ref()
             .map(|secret| JwtVerifier::new(secret.as_bytes(), config.jwt_leeway));
         let now = Instant::now();
+        let redis = match &config.redis {
+            Some(url) => Some(redis::connect_later(url, &config, now)?),
+            None => None,
+        };
         // Per-connection tables are sized for the connection limit up front: pages are only
         // touched as connections arrive, and none of them ever doubles (and holds twice the
         // memory) on the way up.
@@ -178,10 +189,12 @@ impl Server {
             peers: Peers::new(config.max_connections_per_ip, &config.trusted_proxies),
             liveness: Liveness::new(timeouts, capacity, now),
             shutdown: Shutdown::default(),
+            redis,
             metrics: Metrics::default(),
             scratch: vec![0; SCRATCH_SIZE],
             inbox: Vec::new(),
             deliveries: Vec::new(),
+            asks: Vec::new(),
             services_ready: Vec::new(),
             now,
             turn: 0,
@@ -214,8 +227,10 @@ impl Server {
             self.read_unread(unread);
             self.accept_after_backoff();
             self.expire_timers();
+            self.redis_turn();
             self.close_lagging();
             self.write_pass(&mut events);
+            self.redis_flush();
             self.reap();
             self.give_back_memory();
             if self.drain_complete() {
@@ -239,6 +254,9 @@ impl Server {
             self.liveness.next_timeout(now),
             self.acceptor.resume_in(now),
             self.shutdown.drain_left(now),
+            self.redis
+                .as_ref()
+                .map(|redis| redis.next_timeout().saturating_duration_since(now)),
         ]
         .into_iter()
         .flatten()
@@ -254,6 +272,11 @@ impl Server {
                 token @ (LISTENER | SHUTDOWN_SIGNAL | HANGUP_SIGNAL) => {
                     self.services_ready.push(token)
                 }
+                token @ (REDIS_COMMANDS | REDIS_SUBSCRIPTIONS) => self.on_redis_event(
+                    token,
+                    event.is_readable() || event.is_read_closed() || event.is_error(),
+                    event.is_writable(),
+                ),
                 Token(key) => self.on_connection_event(ConnId(key), event),
             }
         }

@@ -409,7 +409,7 @@ impl ConnTable {
     /// Removes every doomed connection, after taking its id off every list, so a slot reused
     /// by a new connection never inherits an old entry; `removed` sees each connection last, and
     /// the output it still held is no longer counted.
-    pub(super) fn reap(&mut self, mut removed: impl FnMut(&mut Connection)) {
+    pub(super) fn reap(&mut self, mut removed: impl FnMut(ConnId, &mut Connection)) {
         if self.lists.doomed.is_empty() {
             return;
         }
@@ -421,7 +421,7 @@ impl ConnTable {
         for id in self.lists.doomed.drain(..) {
             if let Some(mut conn) = self.conns.try_remove(id.0) {
                 self.output.total = self.output.total.saturating_sub(conn.pending());
-                removed(&mut conn);
+                removed(id, &mut conn);
             }
         }
     }

@@ -71,12 +71,13 @@ impl Server {
         match (self.config.protocol, text) {
             (Protocol::Raw | Protocol::Echo, _) if !allowed => {}
             (Protocol::Raw, _) => {
-                self.fan_out(&Target::All, opcode, payload);
+                self.relay(&Target::All, opcode, payload);
             }
             (Protocol::Echo, _) => {
                 self.fan_out(&Target::Conn(id), opcode, payload);
             }
             (Protocol::Events, Some(text)) if allowed => {
+                let hub_wide = self.redis.as_ref().is_some_and(|r| r.routes());
                 let ctx = events::Context {
                     conn: id,
                     now_ms: unix_ms(),
@@ -90,9 +91,21 @@ impl Server {
                         },
                         presence_max_members: self.config.presence_max_members,
                     },
+                    hub_wide,
                 };
-                events::handle(&mut self.hub, &ctx, text, &mut self.deliveries);
+                events::handle(
+                    &mut self.hub,
+                    &ctx,
+                    text,
+                    &mut self.deliveries,
+                    &mut self.asks,
+                );
                 self.deliver();
+                if !self.asks.is_empty() {
+                    let mut asks = std::mem::take(&mut self.asks);
+                    self.ask(id, &mut asks);
+                    self.asks = asks;
+                }
             }
             (Protocol::Events, text) => {
                 let failure = match text {
@@ -130,7 +143,9 @@ impl Server {
             return false;
         }
         self.peers.left_hub(conn.peer, conn.client);
-        if self.config.protocol == Protocol::Events {
+        if self.redis.as_ref().is_some_and(|r| r.routes()) {
+            self.redis_disconnected(id);
+        } else if self.config.protocol == Protocol::Events {
             events::disconnect(
                 &mut self.hub,
                 id,

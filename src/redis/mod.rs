@@ -1,0 +1,1187 @@
+//! Several instances as one hub through Redis (SPEC §10): the protocol logic, as plain data.
+//!
+//! [`Cluster`] is driven like a sans-I/O protocol (quinn-proto's style): the loop hands it the
+//! bytes read from its two Redis sockets with the turn's `now`, takes the bytes to write
+//! ([`Cluster::transmit`]) and the events to apply ([`Cluster::poll_event`]), and calls
+//! [`Cluster::handle_timeout`] at [`Cluster::poll_timeout`]. It owns no socket, reads no clock
+//! and draws no randomness of its own, so every path (partial and pipelined replies, errors,
+//! reconnects, resubscription) is unit-tested below without a network.
+//!
+//! How one hub is made of many instances:
+//! - Every event for more than one connection (a room message, a message to everyone, a direct,
+//!   presence) is published on a channel (`P:r:ROOM`, `P:all`, `P:u:USER`) and delivered when
+//!   it comes back from the subscription, on the publisher too: Redis puts all of a channel's
+//!   messages in one order, so every instance delivers them in that order, each exactly once.
+//!   An instance listens to a room's or a user's channel exactly while it has a member of the
+//!   room or a connection of the user (one subscription per channel, never per socket), plus
+//!   `P:all` and `P:ctl`.
+//! - Who is where is kept in Redis by Lua scripts (`*.lua` here), one call per batch of
+//!   changes: per room the users and connections of all instances, per instance what it holds.
+//!   The scripts decide first joins and last leaves hub-wide and publish presence on the room's
+//!   channel, so presence is ordered with the room's messages.
+//! - Each instance renews a key with an expiry (a heartbeat every fifth of
+//!   `--redis-presence-ttl`); the heartbeat script of every instance reaps instances whose key
+//!   expired, taking their users out of every room with presence `leave`.
+//! - While Redis is unreachable, nothing waits for it: the loop delivers locally and answers
+//!   from its own hub; on reconnecting (backoff with jitter) the instance resubscribes and
+//!   replaces what Redis holds for it with what it holds now.
+//!
+//! Must not touch a socket, the hub, or JSON beyond the envelope: the loop owns those.
+
+mod envelope;
+mod resp;
+mod url;
+
+pub use url::{RedisUrl, parse_redis_url};
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::hub::Target;
+use envelope::Kind;
+use resp::Reply;
+
+/// First reconnect delay after a failure; it doubles per failed attempt up to [`MAX_BACKOFF`],
+/// and each delay is drawn between half and all of it, so instances that lost Redis together
+/// do not reconnect together.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long connecting and subscribing may take before the attempt counts as failed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a command may wait for its reply before Redis counts as unreachable.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most contribution changes in one script call, and channels in one (UN)SUBSCRIBE.
+const BATCH: usize = 512;
+/// Most bytes of one incomplete reply; a bigger one means Redis is not what we speak to.
+const MAX_INPUT: usize = 64 << 20;
+
+/// The Lua shared by the scripts, and the scripts.
+const PRESENCE_LUA: &str = include_str!("presence.lua");
+const APPLY_LUA: &str = include_str!("apply.lua");
+const SYNC_LUA: &str = include_str!("sync.lua");
+const HEARTBEAT_LUA: &str = include_str!("heartbeat.lua");
+const ONLINE_LUA: &str = include_str!("online.lua");
+
+/// What the cluster needs to know from the configuration.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// `--redis-prefix`: every key and channel starts with it and a colon.
+    pub prefix: String,
+    /// `--instance-id`.
+    pub instance: String,
+    /// `--redis-presence-ttl`: a killed instance leaves the hub within this.
+    pub presence_ttl: Duration,
+    /// `--presence-max-members`, applied hub-wide by the scripts.
+    pub presence_max_members: usize,
+    /// From the URL: `AUTH` before anything else when a password is given.
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// From the URL: `SELECT` when not 0.
+    pub db: u32,
+}
+
+/// One of the two Redis connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Link {
+    /// Pipelined commands: publishes and scripts.
+    Commands,
+    /// Subscriptions: what the instance listens to.
+    Subscriptions,
+}
+
+/// What the loop must do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Open both sockets and report each with [`Cluster::connected`] (or [`Cluster::closed`]).
+    Connect,
+    /// Close both sockets: Redis failed; a reconnect follows after a backoff.
+    Disconnect,
+    /// Call [`Cluster::register`] with everything this instance holds now.
+    Register,
+    /// Redis became usable (log it).
+    Up,
+    /// Redis became unusable, and why (log it).
+    Down(String),
+    /// Deliver to this instance's connections: from Redis, or locally when Redis failed.
+    Deliver {
+        target: Target,
+        binary: bool,
+        payload: Vec<u8>,
+    },
+    /// The answer to a request made with a waiter.
+    Answer { waiter: u64, answer: Answer },
+    /// Another instance's heartbeat stopped and it was reaped.
+    Reaped(String),
+}
+
+/// The hub-wide answer to a request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// The room's distinct users, after a join.
+    Count(usize),
+    /// Who is online (in a room or anywhere), and with how many connections.
+    Online {
+        connections: usize,
+        users: Vec<String>,
+    },
+    /// Whether a direct reached at least one instance that has the user.
+    Reached(bool),
+    /// Redis failed before answering: answer from this instance's own hub. (An event that
+    /// did not come back is delivered locally by the cluster itself, never by the waiter.)
+    Failed,
+}
+
+/// Everything this instance holds, for [`Cluster::register`].
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Each room with a member here: its connections here and its distinct users here.
+    pub rooms: Vec<(String, usize, Vec<String>)>,
+    /// The users with a connection here.
+    pub users: Vec<String>,
+    /// The connections here.
+    pub connections: usize,
+}
+
+/// Counters for `/metrics`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Messages published.
+    pub published: u64,
+    /// Messages received from subscriptions.
+    pub received: u64,
+    /// Times Redis became usable again after a failure.
+    pub reconnects: u64,
+    /// Failures: refused commands, unreadable replies, lost connections, timeouts.
+    pub errors: u64,
+    /// Messages delivered only to this instance's connections because Redis was unusable.
+    pub local_only: u64,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Not connected; the next attempt is at `retry_at`.
+    Down { retry_at: Instant },
+    /// Sockets opening; `connected` per [`Link`].
+    Connecting {
+        deadline: Instant,
+        connected: [bool; 2],
+    },
+    /// Connected and registered: events are routed through Redis, waiting for the
+    /// subscriptions and the registration script to complete.
+    Syncing { deadline: Instant },
+    /// Everything works.
+    Up,
+}
+
+/// A subscription and what is wanted of it.
+#[derive(Debug, Default)]
+struct Channel {
+    /// This instance has a member of the room or a connection of the user.
+    wanted: bool,
+    /// What the last (UN)SUBSCRIBE sent asked for.
+    requested: bool,
+    /// Redis confirmed the subscription (and no unsubscription since).
+    active: bool,
+    /// (UN)SUBSCRIBEs sent and not yet confirmed.
+    inflight: u32,
+    /// `wanted` changed since the last flush.
+    dirty: bool,
+}
+
+impl Channel {
+    /// Whether what is published on the channel now comes back to this instance, or does not
+    /// need to (nobody here listens).
+    fn ready(&self) -> bool {
+        !self.wanted || (self.active && self.requested && self.inflight == 0 && !self.dirty)
+    }
+}
+
+/// What waits its turn to be sent on the commands link, in the order it happened.
+#[derive(Debug)]
+enum Entry {
+    Publish(Published),
+    /// Contribution changes, and which change's result answers which waiter.
+    Changes {
+        changes: Vec<(String, i64)>,
+        needs: Vec<String>,
+        waiters: Vec<(usize, u64)>,
+    },
+    Online {
+        room: Option<String>,
+        waiter: u64,
+    },
+    Register(Vec<(String, i64)>),
+}
+
+/// A published event, kept until it comes back (or Redis fails and it is delivered locally).
+#[derive(Debug)]
+struct Published {
+    seq: u64,
+    channel: String,
+    target: Target,
+    binary: bool,
+    /// The envelope, whose payload starts at `payload`.
+    bytes: Vec<u8>,
+    payload: usize,
+    waiter: Option<u64>,
+}
+
+/// A command sent, waiting for its reply.
+#[derive(Debug)]
+enum Expect {
+    Handshake,
+    Publish(Option<u64>),
+    Changes(Vec<(usize, u64)>),
+    Online(u64),
+    Register,
+    Heartbeat,
+}
+
+/// One connection's bytes.
+#[derive(Debug, Default)]
+struct Wire {
+    out: Vec<u8>,
+    input: Vec<u8>,
+}
+
+/// The Redis side of one instance; see the module documentation.
+pub struct Cluster {
+    settings: Settings,
+    state: State,
+    /// Failed attempts since Redis was last up, for the backoff.
+    attempts: u32,
+    /// Whether `Up` (true) or `Down` (false) was last reported, so each change logs once.
+    reported: Option<bool>,
+    ever_up: bool,
+    wires: [Wire; 2],
+    /// Replies the commands link owes, oldest first, with when each was sent.
+    expect: VecDeque<(Instant, Expect)>,
+    /// Non-subscription replies the subscriptions link owes (AUTH, SELECT).
+    sub_handshake: usize,
+    channels: HashMap<String, Channel>,
+    /// Channels whose `wanted` changed since the last flush.
+    dirty: Vec<String>,
+    fifo: VecDeque<Entry>,
+    /// This instance's published events on channels it listens to, until they come back.
+    echoes: VecDeque<Published>,
+    seq: u64,
+    next_heartbeat: Instant,
+    heartbeat_inflight: bool,
+    /// A registration is queued or in flight (another is not needed meanwhile).
+    registering: bool,
+    events: VecDeque<Event>,
+    stats: Stats,
+    rng: u64,
+    /// The scripts' SHA-1s, loaded on every connection.
+    scripts: Scripts,
+}
+
+struct Scripts {
+    apply: (String, String),
+    sync: (String, String),
+    heartbeat: (String, String),
+    online: (String, String),
+}
+
+impl Scripts {
+    fn new() -> Self {
+        let script = |body: &str| {
+            let text = format!("{PRESENCE_LUA}\n{body}");
+            let sha = sha1_hex(text.as_bytes());
+            (text, sha)
+        };
+        Scripts {
+            apply: script(APPLY_LUA),
+            sync: script(SYNC_LUA),
+            heartbeat: script(HEARTBEAT_LUA),
+            online: script(ONLINE_LUA),
+        }
+    }
+
+    fn all(&self) -> [&(String, String); 4] {
+        [&self.apply, &self.sync, &self.heartbeat, &self.online]
+    }
+}
+
+fn sha1_hex(bytes: &[u8]) -> String {
+    use sha1::{Digest, Sha1};
+    Sha1::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Contribution fields (see `presence.lua`).
+fn room_connections(room: &str) -> String {
+    format!("c\0{room}")
+}
+fn member(room: &str, user: &str) -> String {
+    format!("m\0{room}\0{user}")
+}
+fn online_user(user: &str) -> String {
+    format!("u\0{user}")
+}
+const CONNECTIONS: &str = "n\0";
+
+impl Cluster {
+    /// A cluster that connects at its first timeout (now). `seed` feeds the backoff jitter.
+    pub fn new(settings: Settings, seed: u64, now: Instant) -> Cluster {
+        Cluster {
+            settings,
+            state: State::Down { retry_at: now },
+            attempts: 0,
+            reported: None,
+            ever_up: false,
+            wires: [Wire::default(), Wire::default()],
+            expect: VecDeque::new(),
+            sub_handshake: 0,
+            channels: HashMap::new(),
+            dirty: Vec::new(),
+            fifo: VecDeque::new(),
+            echoes: VecDeque::new(),
+            seq: 0,
+            next_heartbeat: now,
+            heartbeat_inflight: false,
+            registering: false,
+            events: VecDeque::new(),
+            stats: Stats::default(),
+            rng: seed | 1,
+            scripts: Scripts::new(),
+        }
+    }
+
+    /// Whether events go through Redis now (else the loop delivers and answers locally).
+    pub fn routes(&self) -> bool {
+        matches!(self.state, State::Syncing { .. } | State::Up)
+    }
+
+    /// Whether Redis is fully usable (`/healthz`, `wshub_redis_up`).
+    pub fn is_up(&self) -> bool {
+        matches!(self.state, State::Up)
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Whether events wait for [`Cluster::poll_event`].
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
+    /// The next event for the loop.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Cluster::handle_timeout`] must run next.
+    pub fn poll_timeout(&self) -> Instant {
+        let state = match self.state {
+            State::Down { retry_at } => retry_at,
+            State::Connecting { deadline, .. } | State::Syncing { deadline } => deadline,
+            State::Up => self.next_heartbeat,
+        };
+        match self.expect.front() {
+            Some((sent, _)) => state.min(*sent + REPLY_TIMEOUT),
+            None => state,
+        }
+    }
+
+    /// Acts on what is due at `now`: a reconnect, a heartbeat, a timeout.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some((sent, _)) = self.expect.front()
+            && now >= *sent + REPLY_TIMEOUT
+        {
+            return self.fail(now, "Redis did not answer in time");
+        }
+        match self.state {
+            State::Down { retry_at } if now >= retry_at => {
+                self.state = State::Connecting {
+                    deadline: now + CONNECT_TIMEOUT,
+                    connected: [false; 2],
+                };
+                self.events.push_back(Event::Connect);
+            }
+            State::Connecting { deadline, .. } | State::Syncing { deadline } if now >= deadline => {
+                self.fail(now, "connecting timed out")
+            }
+            State::Up if now >= self.next_heartbeat => {
+                self.next_heartbeat = now + self.heartbeat_period();
+                if !self.heartbeat_inflight {
+                    self.heartbeat_inflight = true;
+                    let s = &self.settings;
+                    let (max, alive) = (s.presence_max_members.to_string(), self.alive_ms());
+                    let sha = self.scripts.heartbeat.1.clone();
+                    let prefix = s.prefix.clone();
+                    let instance = s.instance.clone();
+                    self.command(
+                        now,
+                        Expect::Heartbeat,
+                        &[
+                            b"EVALSHA",
+                            sha.as_bytes(),
+                            b"0",
+                            prefix.as_bytes(),
+                            instance.as_bytes(),
+                            max.as_bytes(),
+                            alive.as_bytes(),
+                        ],
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Heartbeats come five times per TTL and the key lives three periods, so a killed
+    /// instance is reaped between 3/5 and 4/5 of the TTL after its last heartbeat.
+    fn heartbeat_period(&self) -> Duration {
+        (self.settings.presence_ttl / 5).max(Duration::from_millis(20))
+    }
+
+    fn alive_ms(&self) -> String {
+        (self.heartbeat_period() * 3).as_millis().to_string()
+    }
+
+    /// A socket opened. Once both are, the handshake is sent and the loop is asked to
+    /// [`Cluster::register`].
+    pub fn connected(&mut self, link: Link, now: Instant) {
+        let State::Connecting {
+            deadline,
+            mut connected,
+        } = self.state
+        else {
+            return;
+        };
+        connected[link as usize] = true;
+        self.state = State::Connecting {
+            deadline,
+            connected,
+        };
+        if connected != [true; 2] {
+            return;
+        }
+        for link in [Link::Commands, Link::Subscriptions] {
+            let mut handshake = Vec::new();
+            if let Some(password) = &self.settings.password {
+                let mut auth: Vec<&[u8]> = vec![b"AUTH"];
+                if let Some(user) = &self.settings.username {
+                    auth.push(user.as_bytes());
+                }
+                auth.push(password.as_bytes());
+                handshake.push(auth.iter().map(|a| a.to_vec()).collect::<Vec<_>>());
+            }
+            if self.settings.db != 0 {
+                handshake.push(vec![
+                    b"SELECT".to_vec(),
+                    self.settings.db.to_string().into(),
+                ]);
+            }
+            if link == Link::Commands {
+                for (text, _) in self.scripts.all() {
+                    handshake.push(vec![
+                        b"SCRIPT".to_vec(),
+                        b"LOAD".to_vec(),
+                        text.clone().into(),
+                    ]);
+                }
+            }
+            for command in handshake {
+                let args: Vec<&[u8]> = command.iter().map(Vec::as_slice).collect();
+                resp::encode(&mut self.wires[link as usize].out, &args);
+                match link {
+                    Link::Commands => self.expect.push_back((now, Expect::Handshake)),
+                    Link::Subscriptions => self.sub_handshake += 1,
+                }
+            }
+        }
+        self.state = State::Syncing { deadline };
+        self.events.push_back(Event::Register);
+    }
+
+    /// Registers everything this instance holds: listens to its rooms' and users' channels
+    /// and replaces what Redis holds for it (after a reconnect, a flush, or being reaped).
+    pub fn register(&mut self, snapshot: Snapshot) {
+        if !self.routes() {
+            return;
+        }
+        let mut fields = Vec::with_capacity(2 * snapshot.rooms.len() + snapshot.users.len() + 1);
+        for channel in [self.channel("all"), self.channel("ctl")] {
+            self.want(channel);
+        }
+        for (room, connections, users) in &snapshot.rooms {
+            self.want(self.room_channel(room));
+            fields.push((room_connections(room), *connections as i64));
+            for user in users {
+                fields.push((member(room, user), 1));
+            }
+        }
+        for user in &snapshot.users {
+            self.want(self.user_channel(user));
+            fields.push((online_user(user), 1));
+        }
+        if snapshot.connections > 0 {
+            fields.push((CONNECTIONS.to_owned(), snapshot.connections as i64));
+        }
+        self.registering = true;
+        self.fifo.push_back(Entry::Register(fields));
+    }
+
+    /// A socket failed to open, or closed.
+    pub fn closed(&mut self, link: Link, now: Instant) {
+        let which = match link {
+            Link::Commands => "commands",
+            Link::Subscriptions => "subscriptions",
+        };
+        self.fail(now, &format!("the {which} connection closed"));
+    }
+
+    /// The bytes the loop should write to `link`.
+    pub fn transmit(&self, link: Link) -> &[u8] {
+        &self.wires[link as usize].out
+    }
+
+    /// The loop wrote the first `n` bytes of [`Cluster::transmit`].
+    pub fn transmitted(&mut self, link: Link, n: usize) {
+        let out = &mut self.wires[link as usize].out;
+        out.drain(..n.min(out.len()));
+    }
+
+    /// Bytes read from `link`.
+    pub fn receive(&mut self, link: Link, bytes: &[u8], now: Instant) {
+        if matches!(self.state, State::Down { .. }) {
+            return;
+        }
+        let wire = &mut self.wires[link as usize];
+        wire.input.extend_from_slice(bytes);
+        let mut input = std::mem::take(&mut wire.input);
+        let mut used = 0;
+        while used < input.len() {
+            match resp::decode_one(&input[used..]) {
+                Ok(Some((reply, n))) => {
+                    used += n;
+                    let handled = match link {
+                        Link::Commands => self.on_reply(reply, now),
+                        Link::Subscriptions => self.on_push(reply),
+                    };
+                    if let Err(why) = handled {
+                        return self.fail(now, &why);
+                    }
+                    if matches!(self.state, State::Down { .. }) {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return self.fail(now, &format!("unreadable reply: {e}")),
+            }
+        }
+        input.drain(..used);
+        if input.len() > MAX_INPUT {
+            return self.fail(now, "a reply larger than 64 MiB");
+        }
+        self.wires[link as usize].input = input;
+    }
+
+    // ---- what the loop routes through Redis ----
+
+    /// Publishes an event for `target` (a room, a user or everyone), delivered when it comes
+    /// back. False when Redis is not routing: the loop delivers it locally (counted).
+    pub fn publish(
+        &mut self,
+        target: &Target,
+        binary: bool,
+        payload: &[u8],
+        waiter: Option<u64>,
+    ) -> bool {
+        let channel = match target {
+            Target::Room(room) => self.room_channel(room),
+            Target::User(user) => self.user_channel(user),
+            Target::All => self.channel("all"),
+            _ => return false,
+        };
+        if !self.routes() {
+            self.stats.local_only += 1;
+            return false;
+        }
+        self.seq += 1;
+        let mut bytes = Vec::with_capacity(self.settings.instance.len() + 24 + payload.len());
+        envelope::header(&mut bytes, &self.settings.instance, self.seq, binary);
+        let start = bytes.len();
+        bytes.extend_from_slice(payload);
+        self.fifo.push_back(Entry::Publish(Published {
+            seq: self.seq,
+            channel,
+            target: target.clone(),
+            binary,
+            bytes,
+            payload: start,
+            waiter,
+        }));
+        true
+    }
+
+    /// A connection of `user` arrived (`first`: the user's first here).
+    pub fn connected_user(&mut self, user: &str, first: bool) {
+        if !self.routes() {
+            return;
+        }
+        let mut changes = vec![(CONNECTIONS.to_owned(), 1)];
+        let mut needs = Vec::new();
+        if first {
+            let channel = self.user_channel(user);
+            self.want(channel.clone());
+            needs.push(channel);
+            changes.push((online_user(user), 1));
+        }
+        self.changes(changes, needs, None);
+    }
+
+    /// A connection of `user` left the hub: its rooms (each with whether the user has no
+    /// other connection left there, and whether the room is now empty here), and whether it
+    /// was the user's last connection here.
+    pub fn disconnected(&mut self, user: &str, rooms: &[(&str, bool, bool)], last: bool) {
+        if !self.routes() {
+            return;
+        }
+        let mut changes = Vec::with_capacity(2 * rooms.len() + 2);
+        for &(room, last_for_user, emptied) in rooms {
+            changes.push((room_connections(room), -1));
+            if last_for_user {
+                changes.push((member(room, user), -1));
+            }
+            if emptied {
+                self.unwant(&self.room_channel(room));
+            }
+        }
+        if last {
+            changes.push((online_user(user), -1));
+            self.unwant(&self.user_channel(user));
+        }
+        changes.push((CONNECTIONS.to_owned(), -1));
+        self.changes(changes, Vec::new(), None);
+    }
+
+    /// A connection of `user` joined `room`; `waiter` is answered with the room's count.
+    pub fn joined(
+        &mut self,
+        room: &str,
+        user: &str,
+        new_member: bool,
+        first_for_user: bool,
+        waiter: u64,
+    ) {
+        if !self.routes() {
+            return self.answer(waiter, Answer::Failed);
+        }
+        let channel = self.room_channel(room);
+        self.want(channel.clone());
+        let mut changes = vec![(room_connections(room), i64::from(new_member))];
+        if first_for_user {
+            changes.push((member(room, user), 1));
+        }
+        self.changes(changes, vec![channel], Some(waiter));
+    }
+
+    /// A connection of `user` quit `room`.
+    pub fn quit(&mut self, room: &str, user: &str, last_for_user: bool, emptied: bool) {
+        if !self.routes() {
+            return;
+        }
+        let mut changes = vec![(room_connections(room), -1)];
+        if last_for_user {
+            changes.push((member(room, user), -1));
+        }
+        if emptied {
+            self.unwant(&self.room_channel(room));
+        }
+        self.changes(changes, Vec::new(), None);
+    }
+
+    /// Asks who is online in `room` (everyone when `None`), hub-wide.
+    pub fn online(&mut self, room: Option<&str>, waiter: u64) {
+        if !self.routes() {
+            return self.answer(waiter, Answer::Failed);
+        }
+        self.fifo.push_back(Entry::Online {
+            room: room.map(str::to_owned),
+            waiter,
+        });
+    }
+
+    /// Queues contribution changes, merged with the previous batch when it is still waiting
+    /// (the result answering `waiter` is the last change's).
+    fn changes(&mut self, changes: Vec<(String, i64)>, needs: Vec<String>, waiter: Option<u64>) {
+        if !self.routes() {
+            return;
+        }
+        if let Some(Entry::Changes {
+            changes: queued,
+            needs: queued_needs,
+            waiters,
+        }) = self.fifo.back_mut()
+            && queued.len() + changes.len() <= BATCH
+        {
+            queued.extend(changes);
+            queued_needs.extend(needs);
+            if let Some(waiter) = waiter {
+                waiters.push((queued.len() - 1, waiter));
+            }
+            return;
+        }
+        let waiters = waiter.map(|w| (changes.len() - 1, w)).into_iter().collect();
+        self.fifo.push_back(Entry::Changes {
+            changes,
+            needs,
+            waiters,
+        });
+    }
+
+    // ---- channels ----
+
+    fn channel(&self, name: &str) -> String {
+        format!("{}:{name}", self.settings.prefix)
+    }
+
+    fn room_channel(&self, room: &str) -> String {
+        format!("{}:r:{room}", self.settings.prefix)
+    }
+
+    fn user_channel(&self, user: &str) -> String {
+        format!("{}:u:{user}", self.settings.prefix)
+    }
+
+    fn want(&mut self, name: String) {
+        let channel = self.channels.entry(name.clone()).or_default();
+        if !channel.wanted {
+            channel.wanted = true;
+            if !channel.dirty {
+                channel.dirty = true;
+                self.dirty.push(name);
+            }
+        }
+    }
+
+    fn unwant(&mut self, name: &str) {
+        if let Some(channel) = self.channels.get_mut(name)
+            && channel.wanted
+        {
+            channel.wanted = false;
+            if !channel.dirty {
+                channel.dirty = true;
+                self.dirty.push(name.to_owned());
+            }
+        }
+    }
+
+    fn ready(&self, name: &str) -> bool {
+        self.channels.get(name).is_none_or(Channel::ready)
+    }
+
+    /// Who an event on `channel` is for here, or `None` for the control channel.
+    fn audience(&self, channel: &[u8], user: Option<&str>) -> Option<Target> {
+        let name = std::str::from_utf8(channel).ok()?;
+        let name = name
+            .strip_prefix(&self.settings.prefix)?
+            .strip_prefix(':')?;
+        if name == "all" {
+            return Some(Target::All);
+        }
+        if let Some(room) = name.strip_prefix("r:") {
+            return Some(match user {
+                Some(user) => Target::RoomExceptUser(room.to_owned(), user.to_owned()),
+                None => Target::Room(room.to_owned()),
+            });
+        }
+        name.strip_prefix("u:")
+            .map(|user| Target::User(user.to_owned()))
+    }
+
+    // ---- sending ----
+
+    /// Sends what can go now: subscription changes, then the queue in order, each entry once
+    /// the channels it needs listen. Called once per turn, before the loop writes.
+    pub fn flush(&mut self, now: Instant) {
+        if !self.routes() {
+            return;
+        }
+        self.flush_subscriptions();
+        while let Some(entry) = self.fifo.front() {
+            let ready = match entry {
+                Entry::Publish(published) => self.ready(&published.channel),
+                Entry::Changes { needs, .. } => needs.iter().all(|name| self.ready(name)),
+                Entry::Online { .. } => true,
+                Entry::Register(_) => self.channels.values().all(Channel::ready),
+            };
+            if !ready {
+                break;
+            }
+            if let Some(entry) = self.fifo.pop_front() {
+                self.send(entry, now);
+            }
+        }
+    }
+
+    fn flush_subscriptions(&mut self) {
+        let mut subscribe = Vec::new();
+        let mut unsubscribe = Vec::new();
+        for name in std::mem::take(&mut self.dirty) {
+            let Some(channel) = self.channels.get_mut(&name) else {
+                continue;
+            };
+            channel.dirty = false;
+            if channel.wanted != channel.requested {
+                channel.requested = channel.wanted;
+                channel.inflight += 1;
+                if channel.wanted {
+                    subscribe.push(name);
+                } else {
+                    unsubscribe.push(name);
+                }
+            } else if !channel.wanted && channel.inflight == 0 {
+                self.channels.remove(&name);
+            }
+        }
+        let out = &mut self.wires[Link::Subscriptions as usize].out;
+        for (command, names) in [
+            (&b"SUBSCRIBE"[..], subscribe),
+            (b"UNSUBSCRIBE", unsubscribe),
+        ] {
+            for chunk in names.chunks(BATCH) {
+                let mut args: Vec<&[u8]> = vec![command];
+                args.extend(chunk.iter().map(String::as_bytes));
+                resp::encode(out, &args);
+            }
+        }
+    }
+
+    fn send(&mut self, entry: Entry, now: Instant) {
+        let s = &self.settings;
+        let (prefix, instance, max) = (
+            s.prefix.clone(),
+            s.instance.clone(),
+            s.presence_max_members.to_string(),
+        );
+        match entry {
+            Entry::Publish(published) => {
+                self.stats.published += 1;
+                let expect = Expect::Publish(published.waiter);
+                self.command(
+                    now,
+                    expect,
+                    &[b"PUBLISH", published.channel.as_bytes(), &published.bytes],
+                );
+                if self
+                    .channels
+                    .get(&published.channel)
+                    .is_some_and(|c| c.wanted)
+                {
+                    self.echoes.push_back(published);
+                }
+            }
+            Entry::Changes {
+                changes, waiters, ..
+            } => {
+                let sha = self.scripts.apply.1.clone();
+                let deltas: Vec<String> = changes.iter().map(|(_, d)| d.to_string()).collect();
+                let mut args: Vec<&[u8]> = vec![
+                    b"EVALSHA",
+                    sha.as_bytes(),
+                    b"0",
+                    prefix.as_bytes(),
+                    instance.as_bytes(),
+                    max.as_bytes(),
+                ];
+                for ((field, _), delta) in changes.iter().zip(&deltas) {
+                    args.push(field.as_bytes());
+                    args.push(delta.as_bytes());
+                }
+                self.command(now, Expect::Changes(waiters), &args);
+            }
+            Entry::Online { room, waiter } => {
+                let sha = self.scripts.online.1.clone();
+                let mut args: Vec<&[u8]> =
+                    vec![b"EVALSHA", sha.as_bytes(), b"0", prefix.as_bytes()];
+                if let Some(room) = &room {
+                    args.push(room.as_bytes());
+                }
+                self.command(now, Expect::Online(waiter), &args);
+            }
+            Entry::Register(fields) => {
+                let sha = self.scripts.sync.1.clone();
+                let alive = self.alive_ms();
+                let values: Vec<String> = fields.iter().map(|(_, v)| v.to_string()).collect();
+                let mut args: Vec<&[u8]> = vec![
+                    b"EVALSHA",
+                    sha.as_bytes(),
+                    b"0",
+                    prefix.as_bytes(),
+                    instance.as_bytes(),
+                    max.as_bytes(),
+                    alive.as_bytes(),
+                ];
+                for ((field, _), value) in fields.iter().zip(&values) {
+                    args.push(field.as_bytes());
+                    args.push(value.as_bytes());
+                }
+                self.command(now, Expect::Register, &args);
+            }
+        }
+    }
+
+    fn command(&mut self, now: Instant, expect: Expect, args: &[&[u8]]) {
+        resp::encode(&mut self.wires[Link::Commands as usize].out, args);
+        self.expect.push_back((now, expect));
+    }
+
+    // ---- receiving ----
+
+    /// A reply on the commands link, answering the oldest command.
+    fn on_reply(&mut self, reply: Reply, now: Instant) -> Result<(), String> {
+        let Some((_, expect)) = self.expect.pop_front() else {
+            return Err("a reply nobody asked for".into());
+        };
+        if let Reply::Error(error) = &reply {
+            return Err(format!("Redis answered an error: {error}"));
+        }
+        match expect {
+            Expect::Handshake => {}
+            Expect::Publish(waiter) => {
+                let receivers = resp::integer(&reply).ok_or("PUBLISH answered no integer")?;
+                if let Some(waiter) = waiter {
+                    self.answer(waiter, Answer::Reached(receivers > 0));
+                }
+            }
+            Expect::Changes(waiters) => {
+                let Reply::Array(results) = reply else {
+                    return Err("the apply script answered no array".into());
+                };
+                for (index, waiter) in waiters {
+                    let count = results.get(index).and_then(resp::integer).unwrap_or(0);
+                    self.answer(waiter, Answer::Count(usize::try_from(count).unwrap_or(0)));
+                }
+            }
+            Expect::Online(waiter) => {
+                let Reply::Array(mut results) = reply else {
+                    return Err("the online script answered no array".into());
+                };
+                if results.is_empty() {
+                    return Err("the online script answered an empty array".into());
+                }
+                let connections = resp::integer(&results.remove(0)).unwrap_or(0);
+                let users = results
+                    .iter()
+                    .filter_map(resp::bytes)
+                    .map(|user| String::from_utf8_lossy(user).into_owned())
+                    .collect();
+                let connections = usize::try_from(connections).unwrap_or(0);
+                self.answer(waiter, Answer::Online { connections, users });
+            }
+            Expect::Register => {
+                self.registering = false;
+                if matches!(self.state, State::Syncing { .. }) {
+                    self.state = State::Up;
+                    self.next_heartbeat = now + self.heartbeat_period();
+                    self.attempts = 0;
+                    if self.ever_up {
+                        self.stats.reconnects += 1;
+                    }
+                    self.ever_up = true;
+                    if self.reported != Some(true) {
+                        self.reported = Some(true);
+                        self.events.push_back(Event::Up);
+                    }
+                }
+            }
+            Expect::Heartbeat => {
+                self.heartbeat_inflight = false;
+                let Reply::Array(results) = reply else {
+                    return Err("the heartbeat script answered no array".into());
+                };
+                let registered = results.first().and_then(resp::integer) == Some(1);
+                if !registered && !self.registering {
+                    self.events.push_back(Event::Register);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A reply on the subscriptions link: a confirmation or a message.
+    fn on_push(&mut self, reply: Reply) -> Result<(), String> {
+        let Reply::Array(mut parts) = reply else {
+            if let Reply::Error(error) = &reply {
+                return Err(format!("Redis answered an error: {error}"));
+            }
+            return match self.sub_handshake.checked_sub(1) {
+                Some(left) => {
+                    self.sub_handshake = left;
+                    Ok(())
+                }
+                None => Err("an unexpected reply on the subscriptions connection".into()),
+            };
+        };
+        if parts.len() != 3 {
+            return Err("a subscription reply of the wrong shape".into());
+        }
+        let payload = parts.pop();
+        let channel = parts.pop();
+        let kind = parts.pop();
+        let (Some(kind), Some(channel), Some(payload)) = (kind, channel, payload) else {
+            return Err("a subscription reply of the wrong shape".into());
+        };
+        let channel = resp::bytes(&channel).ok_or("a channel that is not a string")?;
+        match resp::bytes(&kind) {
+            Some(b"message") => {
+                let Reply::BulkString(bytes) = payload else {
+                    return Err("a message that is not a string".into());
+                };
+                self.on_message(channel.to_vec(), bytes);
+            }
+            Some(b"subscribe") => {
+                if let Some(c) = self.channel_mut(channel) {
+                    c.inflight = c.inflight.saturating_sub(1);
+                    c.active = true;
+                }
+            }
+            Some(b"unsubscribe") => {
+                let name = String::from_utf8_lossy(channel).into_owned();
+                if let Some(c) = self.channels.get_mut(&name) {
+                    c.inflight = c.inflight.saturating_sub(1);
+                    c.active = false;
+                    if !c.wanted && !c.dirty && c.inflight == 0 {
+                        self.channels.remove(&name);
+                    }
+                }
+            }
+            _ => return Err("an unknown subscription reply".into()),
+        }
+        Ok(())
+    }
+
+    fn channel_mut(&mut self, name: &[u8]) -> Option<&mut Channel> {
+        let name = std::str::from_utf8(name).ok()?;
+        self.channels.get_mut(name)
+    }
+
+    fn on_message(&mut self, channel: Vec<u8>, mut bytes: Vec<u8>) {
+        self.stats.received += 1;
+        if channel == self.channel("ctl").as_bytes() {
+            if let Some(gone) = bytes.strip_prefix(b"gone ") {
+                let gone = String::from_utf8_lossy(gone).into_owned();
+                self.events.push_back(Event::Reaped(gone));
+            }
+            return;
+        }
+        let Some(envelope) = envelope::decode(&bytes) else {
+            self.stats.errors += 1;
+            return;
+        };
+        if envelope.origin == self.settings.instance && envelope.kind != Kind::Presence {
+            while self.echoes.front().is_some_and(|e| e.seq <= envelope.seq) {
+                self.echoes.pop_front();
+            }
+        }
+        let Some(target) = self.audience(&channel, envelope.user) else {
+            return;
+        };
+        let binary = envelope.kind == Kind::Binary;
+        let start = envelope.payload;
+        bytes.drain(..start);
+        self.events.push_back(Event::Deliver {
+            target,
+            binary,
+            payload: bytes,
+        });
+    }
+
+    fn answer(&mut self, waiter: u64, answer: Answer) {
+        self.events.push_back(Event::Answer { waiter, answer });
+    }
+
+    // ---- failing ----
+
+    /// Redis is unusable: close both links, deliver locally what did not come back, answer
+    /// every waiter with `Failed`, and retry after a backoff.
+    fn fail(&mut self, now: Instant, why: &str) {
+        if matches!(self.state, State::Down { .. }) {
+            return;
+        }
+        self.stats.errors += 1;
+        self.events.push_back(Event::Disconnect);
+        if self.reported != Some(false) {
+            self.reported = Some(false);
+            self.events.push_back(Event::Down(why.to_owned()));
+        }
+        for (_, expect) in std::mem::take(&mut self.expect) {
+            match expect {
+                Expect::Publish(Some(waiter)) | Expect::Online(waiter) => {
+                    self.answer(waiter, Answer::Failed)
+                }
+                Expect::Changes(waiters) => {
+                    for (_, waiter) in waiters {
+                        self.answer(waiter, Answer::Failed);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for published in std::mem::take(&mut self.echoes) {
+            self.deliver_locally(published, false);
+        }
+        for entry in std::mem::take(&mut self.fifo) {
+            match entry {
+                Entry::Publish(published) => self.deliver_locally(published, true),
+                Entry::Changes { waiters, .. } => {
+                    for (_, waiter) in waiters {
+                        self.answer(waiter, Answer::Failed);
+                    }
+                }
+                Entry::Online { waiter, .. } => self.answer(waiter, Answer::Failed),
+                Entry::Register(_) => {}
+            }
+        }
+        self.channels.clear();
+        self.dirty.clear();
+        self.wires = [Wire::default(), Wire::default()];
+        self.sub_handshake = 0;
+        self.heartbeat_inflight = false;
+        self.registering = false;
+        let backoff = MIN_BACKOFF
+            .saturating_mul(1 << self.attempts.min(16))
+            .min(MAX_BACKOFF);
+        self.attempts = self.attempts.saturating_add(1);
+        let half = backoff / 2;
+        let jitter = half.mul_f64(self.random_unit());
+        self.state = State::Down {
+            retry_at: now + half + jitter,
+        };
+    }
+
+    /// An event that was published (or queued) but will not come back: deliver it here.
+    /// `waiting` events never left, so a waiter learns that from `Failed`.
+    fn deliver_locally(&mut self, published: Published, waiting: bool) {
+        self.stats.local_only += 1;
+        if let Some(waiter) = published.waiter.filter(|_| waiting) {
+            self.answer(waiter, Answer::Failed);
+        }
+        let mut bytes = published.bytes;
+        bytes.drain(..published.payload);
+        self.events.push_back(Event::Deliver {
+            target: published.target,
+            binary: published.binary,
+            payload: bytes,
+        });
+    }
+
+    /// A number in [0, 1) from xorshift64*, for the jitter only.
+    fn random_unit(&mut self) -> f64 {
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        let x = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,57 @@
+-- Shared by every script: how one instance's contribution to the hub-wide state changes.
+--
+-- Keys (P is --redis-prefix, I an instance id, R a room, U a user):
+--   P:inst:I   hash, what instance I holds: "c\0R" connections in R, "m\0R\0U" 1 when U has a
+--              connection in R, "u\0U" 1 when U is connected, "n\0" connections; "!" marks a
+--              registered instance (a flushed Redis loses it, and the instance registers again)
+--   P:alive:I  set with an expiry by I's heartbeat; once it is gone, I is reaped
+--   P:instances the instance ids
+--   P:room:R   hash U -> how many instances have U in R (the key count is the room's `count`)
+--   P:rc:R     connections in R over all instances (for --presence-max-members)
+--   P:users    hash U -> how many instances have U connected
+--   P:conns    connections over all instances
+-- Presence is published on the room's channel, in the order of the room's messages; its
+-- envelope is "I 0 p\nU\nJSON" (see src/redis/envelope.rs).
+
+local function presence(P, I, room, user, state)
+  local json = '{"event":"presence","room":' .. cjson.encode(room) ..
+    ',"data":{"user":' .. cjson.encode(user) .. ',"state":"' .. state .. '"}}'
+  redis.call('PUBLISH', P .. ':r:' .. room, I .. ' 0 p\n' .. user .. '\n' .. json)
+end
+
+-- Applies `delta` of one contribution `field` to the hub-wide keys (not to P:inst:I), sending
+-- presence when a user's first connection anywhere joins a room or its last one leaves.
+-- Returns the room's distinct users for room fields, 0 otherwise.
+local function apply(P, I, field, delta, max)
+  local kind = string.sub(field, 1, 1)
+  local name = string.sub(field, 3)
+  if kind == 'c' then
+    local key = P .. ':rc:' .. name
+    if redis.call('INCRBY', key, delta) <= 0 then redis.call('DEL', key) end
+    return redis.call('HLEN', P .. ':room:' .. name)
+  elseif kind == 'm' then
+    local room, user = string.match(name, '^(.*)%z(.*)$')
+    if room == nil then return 0 end
+    local key = P .. ':room:' .. room
+    local n = redis.call('HINCRBY', key, user, delta)
+    if n <= 0 then redis.call('HDEL', key, user) end
+    local users = redis.call('HLEN', key)
+    local conns = tonumber(redis.call('GET', P .. ':rc:' .. room) or '0')
+    if delta > 0 and n == delta and users > 1 and conns <= max then
+      presence(P, I, room, user, 'join')
+    elseif delta < 0 and n <= 0 and n - delta > 0 and users >= 1 and conns + 1 <= max then
+      presence(P, I, room, user, 'leave')
+    end
+    return users
+  elseif kind == 'u' then
+    local key = P .. ':users'
+    if redis.call('HINCRBY', key, name, delta) <= 0 then redis.call('HDEL', key, name) end
+  elseif kind == 'n' then
+    local key = P .. ':conns'
+    if redis.call('INCRBY', key, delta) <= 0 then redis.call('DEL', key) end
+  end
+  return 0
+end
+
+-- Connection counts first, so that presence is decided with the room's size after the change.
+local KINDS = {'c', 'n', 'u', 'm'}
