@@ -1,6 +1,7 @@
 //! Fan-out benchmark: N WebSocket clients, P of them publishing, every message broadcast by the
 //! server to every client. Measures deliveries/s, delivery ratio, latency, server CPU time and
-//! memory per idle connection. See BENCHMARKS.md for the scenarios.
+//! memory per idle connection. See BENCHMARKS.md for the scenarios. Several `--url`s measure
+//! several instances of one hub (SPEC §10): publishers on the first, receivers spread over all.
 //!
 //! # Layout
 //!
@@ -12,13 +13,13 @@
 //! - `wire`: the upgrade request and masked client frames, shared with the tests
 //!   (`tests/common/wire.rs`).
 //! - `message`: the stamped payload (send time and publisher in ASCII).
-//! - `tally`: deliveries, latency histogram, publishers' windows.
+//! - `tally`: deliveries (per URL too), their order, latency histogram, publishers' windows.
 //! - `os`: open-file limit, CPU affinity, another process's CPU time and RSS.
 //! - `report`: the numbers, as text or JSON.
 //!
 //! **Architecture invariant:** the harness is one thread on its own core, and the server runs on
-//! the other. Its CPU time is reported against wall time so that a reader can see it was not
-//! the bottleneck.
+//! the other (with several instances, `benches/cluster.sh` places them). Its CPU time is reported
+//! against wall time so that a reader can see it was not the bottleneck.
 
 // A bench target is a crate root in benches/, so its modules are found in benches/fanout/ by path.
 #[path = "fanout/config.rs"]
@@ -48,14 +49,14 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use config::{Config, Target, WsUrl};
+use hdrhistogram::Histogram;
 use load::Load;
 use os::ProcessProbe;
-use report::{Latency, Report};
+use report::{Latency, ProcessCpu, Report, TargetReport};
 use server::ServerProcess;
 
-/// The started server's core; the harness takes the other one.
+/// The started server's core; the harness takes another one (`--harness-core`, default 1).
 const SERVER_CORE: usize = 0;
-const HARNESS_CORE: usize = 1;
 /// File descriptors needed besides the clients: std streams, epoll, /proc reads.
 const RESERVED_FDS: u64 = 32;
 /// Pause between the last upgrade and reading the server's memory, for any per-connection work
@@ -72,12 +73,19 @@ fn main() -> ExitCode {
         }
     };
     match run(&config) {
-        Ok(report) if config.json => {
-            println!("{}", report.to_json());
-            ExitCode::SUCCESS
-        }
         Ok(report) => {
-            report.print_text();
+            if config.json {
+                println!("{}", report.to_json());
+            } else {
+                report.print_text();
+            }
+            if report.duplicates > 0 {
+                eprintln!(
+                    "fanout: {} duplicate deliveries: a message reached a client twice",
+                    report.duplicates
+                );
+                return ExitCode::FAILURE;
+            }
             ExitCode::SUCCESS
         }
         Err(err) => {
@@ -97,73 +105,117 @@ fn run(config: &Config) -> Result<Report, String> {
             config.clients as u64 + RESERVED_FDS
         ));
     }
-    let pin = std::thread::available_parallelism().is_ok_and(|cores| cores.get() > HARNESS_CORE);
+    let pin = std::thread::available_parallelism().is_ok_and(|cores| cores.get() > 1);
     if !pin {
         eprintln!("fanout: one core only: harness and server share it");
     }
     let server = ServerUnderTest::new(config, pin)?;
     if pin {
-        os::pin_to_core(HARNESS_CORE)
-            .map_err(|err| format!("could not pin the harness to core {HARNESS_CORE}: {err}"))?;
+        let core = config.harness_core;
+        os::pin_to_core(core)
+            .map_err(|err| format!("could not pin the harness to core {core}: {err}"))?;
     }
     measure(config, &server)
 }
 
-/// The server being measured and how to observe it.
+/// The server (one or several instances of a hub) being measured and how to observe it.
 struct ServerUnderTest {
     /// Set when the harness started the server; dropping it stops the process.
     _process: Option<ServerProcess>,
-    url: WsUrl,
-    /// Reads the server's CPU time and memory; needs its pid.
-    probe: Option<ProcessProbe>,
+    /// Where clients connect; never empty.
+    urls: Vec<WsUrl>,
+    /// The processes whose CPU time is reported: the servers' (those with known pids), then the
+    /// watched ones.
+    probes: Vec<Probe>,
     /// What the report calls the server.
     description: String,
 }
 
+/// One observed process.
+struct Probe {
+    /// Label in the report: `server`, or the `--watch-pid` name.
+    name: String,
+    /// A server's memory and CPU count as the hub's; a watched process's only as its own.
+    server: bool,
+    process: ProcessProbe,
+}
+
 impl ServerUnderTest {
     fn new(config: &Config, pin: bool) -> Result<Self, String> {
-        Ok(match &config.target {
+        let server_probe = |pid| Probe {
+            name: "server".to_owned(),
+            server: true,
+            process: ProcessProbe::new(pid),
+        };
+        let mut server = match &config.target {
             Target::Spawn { bin, args } => {
                 let process =
                     ServerProcess::spawn(bin, config.clients, args, pin.then_some(SERVER_CORE))?;
                 Self {
-                    url: WsUrl {
+                    urls: vec![WsUrl {
                         address: process.address(),
                         host: process.address().to_string(),
                         path: server::WS_PATH.to_owned(),
-                    },
-                    probe: Some(ProcessProbe::new(process.pid())),
+                    }],
+                    probes: vec![server_probe(process.pid())],
                     description: format!("{} (pid {})", bin.display(), process.pid()),
                     _process: Some(process),
                 }
             }
-            Target::Url { url, server_pid } => Self {
+            Target::Urls { urls, server_pids } => Self {
                 _process: None,
-                url: url.clone(),
-                probe: server_pid.map(ProcessProbe::new),
-                description: format!("ws://{}{}", url.host, url.path),
+                urls: urls.clone(),
+                probes: server_pids.iter().copied().map(server_probe).collect(),
+                description: urls
+                    .iter()
+                    .map(|url| format!("ws://{}{}", url.host, url.path))
+                    .collect::<Vec<_>>()
+                    .join(", "),
             },
-        })
+        };
+        server
+            .probes
+            .extend(config.watched.iter().map(|watched| Probe {
+                name: watched.name.clone(),
+                server: false,
+                process: ProcessProbe::new(watched.pid),
+            }));
+        // A mistyped pid fails now, not after the clients have connected.
+        for probe in &server.probes {
+            probe_cpu(&probe.process)?;
+        }
+        Ok(server)
     }
 
+    fn server_probes(&self) -> impl Iterator<Item = &ProcessProbe> {
+        self.probes
+            .iter()
+            .filter(|probe| probe.server)
+            .map(|probe| &probe.process)
+    }
+
+    /// The servers' resident memory together; `None` without a server pid.
     fn rss_kib(&self) -> Result<Option<u64>, String> {
-        self.probe.as_ref().map(probe_rss).transpose()
+        let mut total = None;
+        for probe in self.server_probes() {
+            *total.get_or_insert(0) += probe_rss(probe)?;
+        }
+        Ok(total)
     }
 
-    fn cpu_seconds(&self) -> Result<Option<f64>, String> {
-        self.probe.as_ref().map(probe_cpu).transpose()
-    }
-
-    /// Whether the server is known to have died; without a pid nobody knows.
-    fn exited(&self) -> bool {
-        self.probe.as_ref().is_some_and(ProcessProbe::exited)
+    /// Every observed process's CPU time, in `probes` order.
+    fn cpu_seconds(&self) -> Result<Vec<f64>, String> {
+        self.probes
+            .iter()
+            .map(|probe| probe_cpu(&probe.process))
+            .collect()
     }
 }
 
 /// Runs the phases against `server`: connect, measure idle memory, publish, drain.
 fn measure(config: &Config, server: &ServerUnderTest) -> Result<Report, String> {
     let io_error = |err: std::io::Error| format!("client event loop: {err}");
-    let mut load = Load::new(config, &server.url, Instant::now()).map_err(io_error)?;
+    let mut load = Load::new(config, &server.urls, Instant::now()).map_err(io_error)?;
 
     let rss_before = server.rss_kib()?;
     let connect_start = Instant::now();
@@ -187,7 +239,7 @@ fn measure(config: &Config, server: &ServerUnderTest) -> Result<Report, String> 
         _ => None,
     };
 
-    let server_cpu_before = server.cpu_seconds()?;
+    let cpu_before = server.cpu_seconds()?;
     let harness_cpu_before = os::own_cpu_time();
     let publish_start = Instant::now();
     let publish_start_ns = load.now_ns();
@@ -200,21 +252,35 @@ fn measure(config: &Config, server: &ServerUnderTest) -> Result<Report, String> 
         harness_cpu = os::own_cpu_time() - harness_cpu_before;
         load.drain().map_err(io_error)?;
     }
-    let server_exited = server.exited();
-    let server_cpu_secs = match server_cpu_before {
-        Some(before) if !server_exited => server.cpu_seconds()?.map(|after| after - before),
-        _ => None,
-    };
+    let mut processes = Vec::with_capacity(server.probes.len());
+    for (probe, before) in server.probes.iter().zip(cpu_before) {
+        let cpu_secs = if probe.process.exited() {
+            None
+        } else {
+            Some(probe_cpu(&probe.process)? - before)
+        };
+        processes.push(ProcessCpu {
+            name: probe.name.clone(),
+            pid: probe.process.pid(),
+            server: probe.server,
+            cpu_secs,
+        });
+    }
 
     let tally = load.tally();
-    let histogram = tally.latency_us();
-    let ms = |quantile: f64| histogram.value_at_quantile(quantile) as f64 / 1_000.0;
-    let latency = (tally.deliveries() > 0).then(|| Latency {
-        p50: ms(0.50),
-        p90: ms(0.90),
-        p99: ms(0.99),
-        max: histogram.max() as f64 / 1_000.0,
-    });
+    let targets = server
+        .urls
+        .iter()
+        .zip(&load.counts().targets)
+        .zip(tally.target_latency_us())
+        .map(|((url, counts), histogram)| TargetReport {
+            url: format!("ws://{}{}", url.host, url.path),
+            clients: counts.clients,
+            connected: counts.connected,
+            deliveries: histogram.len(),
+            latency: latency(histogram),
+        })
+        .collect();
     Ok(Report {
         server: server.description.clone(),
         clients: config.clients,
@@ -228,16 +294,29 @@ fn measure(config: &Config, server: &ServerUnderTest) -> Result<Report, String> 
         published: load.published(),
         open_publishers: load.open_publishers(),
         deliveries: tally.deliveries(),
+        duplicates: tally.duplicates(),
+        out_of_order: tally.out_of_order(),
         malformed: tally.malformed(),
         delivery_time: Duration::from_nanos(
             tally.last_delivery_ns().saturating_sub(publish_start_ns),
         ),
-        latency,
-        server_cpu_secs,
-        server_exited,
+        latency: latency(&tally.latency_us()),
+        processes,
         harness_cpu,
         publish_time,
+        targets,
         counts: load.into_counts(),
+    })
+}
+
+/// Percentiles of `histogram` (microseconds), `None` when it is empty.
+fn latency(histogram: &Histogram<u64>) -> Option<Latency> {
+    let ms = |quantile: f64| histogram.value_at_quantile(quantile) as f64 / 1_000.0;
+    (!histogram.is_empty()).then(|| Latency {
+        p50: ms(0.50),
+        p90: ms(0.90),
+        p99: ms(0.99),
+        max: histogram.max() as f64 / 1_000.0,
     })
 }
 

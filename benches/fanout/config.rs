@@ -19,11 +19,23 @@ usage: cargo bench --bench fanout -- [options]
   --size B           bytes per message, at least 24 (default 64)
   --duration S       seconds of publishing (default 10; 0 = connect, measure memory, stop)
   --url URL          measure the server at ws://127.x.x.x:PORT/PATH instead of starting
-                     wshub; it must broadcast every text message to every client
-  --server-pid PID   with --url: the server's pid, for its CPU time and memory
+                     wshub; it must broadcast every text message to every client.
+                     Repeatable: several instances of one hub. Publishers all connect
+                     to the first URL; the other clients go round-robin over every URL
+  --server-pid PID   with --url: a server process's pid, for its CPU time and memory
+                     (repeatable, one per instance: CPU reported per pid and summed,
+                     memory summed)
+  --watch-pid NAME=PID  another process whose CPU time is reported under NAME, e.g.
+                     redis=1234 (repeatable; not counted as server CPU or memory)
   --server-bin PATH  the wshub binary to start (default: $WSHUB_BIN, else this crate's)
   --server-arg ARG   one more argument for the started wshub (repeatable)
+  --harness-core C   the core the harness pins itself to (default 1; a started wshub
+                     takes core 0)
   --json             print one JSON object instead of text
+
+Every receiver checks that each publisher's messages arrive once and in order: the message
+it last got from a publisher, received again, is a duplicate (the run then exits with
+status 1); one older than that is out of order (a late duplicate counts there too).
 ";
 
 /// Defaults: scenario (a) of BENCHMARKS.md.
@@ -33,6 +45,8 @@ const DEFAULT_RATE: u64 = 1_600;
 const DEFAULT_WINDOW: u32 = 16;
 const DEFAULT_SIZE: usize = 64;
 const DEFAULT_DURATION: Duration = Duration::from_secs(10);
+/// The harness's core; a started server takes core 0.
+const DEFAULT_HARNESS_CORE: usize = 1;
 
 pub struct Config {
     pub clients: usize,
@@ -45,6 +59,10 @@ pub struct Config {
     pub size: usize,
     pub duration: Duration,
     pub target: Target,
+    /// Processes besides the servers whose CPU time belongs in the report (Redis, a proxy).
+    pub watched: Vec<Watched>,
+    /// Where the harness pins itself, so that a script can place it beside other processes.
+    pub harness_core: usize,
     pub json: bool,
 }
 
@@ -52,8 +70,37 @@ pub struct Config {
 pub enum Target {
     /// Start wshub; `args` go after the bench's own flags.
     Spawn { bin: PathBuf, args: Vec<String> },
-    /// A running server; its pid, if known, gives CPU time and memory.
-    Url { url: WsUrl, server_pid: Option<u32> },
+    /// Running servers, one or several instances of one hub; the pids, if known, give CPU time
+    /// and memory.
+    Urls {
+        urls: Vec<WsUrl>,
+        server_pids: Vec<u32>,
+    },
+}
+
+/// A process observed only for its CPU time, named for the report.
+pub struct Watched {
+    pub name: String,
+    pub pid: u32,
+}
+
+impl Watched {
+    /// Parses `NAME=PID`; names are plain words because they become report labels.
+    fn parse(value: &str) -> Result<Self, String> {
+        let (name, pid) = value
+            .split_once('=')
+            .ok_or_else(|| format!("--watch-pid {value}: expected NAME=PID"))?;
+        let plain = |byte: u8| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.');
+        if name.is_empty() || !name.bytes().all(plain) {
+            return Err(format!(
+                "--watch-pid {value}: NAME must be letters, digits, '-', '_' or '.'"
+            ));
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            pid: number("--watch-pid", pid)?,
+        })
+    }
 }
 
 /// Where clients connect and what their upgrade request names.
@@ -107,8 +154,10 @@ impl Config {
         let mut size = DEFAULT_SIZE;
         let mut duration = DEFAULT_DURATION;
         let mut json = false;
-        let mut url = None;
-        let mut server_pid = None;
+        let mut urls = Vec::new();
+        let mut server_pids = Vec::new();
+        let mut watched = Vec::new();
+        let mut harness_core = DEFAULT_HARNESS_CORE;
         let mut server_bin = None;
         let mut server_args = Vec::new();
         let mut any = false;
@@ -122,8 +171,10 @@ impl Config {
                 "--window" => window = number(&flag, &value()?)?,
                 "--size" => size = number(&flag, &value()?)?,
                 "--duration" => duration = seconds(&flag, &value()?)?,
-                "--url" => url = Some(WsUrl::parse(&value()?)?),
-                "--server-pid" => server_pid = Some(number(&flag, &value()?)?),
+                "--url" => urls.push(WsUrl::parse(&value()?)?),
+                "--server-pid" => server_pids.push(number(&flag, &value()?)?),
+                "--watch-pid" => watched.push(Watched::parse(&value()?)?),
+                "--harness-core" => harness_core = number(&flag, &value()?)?,
                 "--server-bin" => server_bin = Some(PathBuf::from(value()?)),
                 "--server-arg" => server_args.push(value()?),
                 "--json" => json = true,
@@ -140,20 +191,18 @@ impl Config {
             );
             return Ok(None);
         }
-        let target = match url {
-            Some(url) => {
-                if server_bin.is_some() || !server_args.is_empty() {
-                    return Err(
-                        "--server-bin and --server-arg start a server; --url uses one".into(),
-                    );
-                }
-                Target::Url { url, server_pid }
+        let target = if !urls.is_empty() {
+            if server_bin.is_some() || !server_args.is_empty() {
+                return Err("--server-bin and --server-arg start a server; --url uses one".into());
             }
-            None if server_pid.is_some() => return Err("--server-pid goes with --url".into()),
-            None => Target::Spawn {
+            Target::Urls { urls, server_pids }
+        } else if !server_pids.is_empty() {
+            return Err("--server-pid goes with --url".into());
+        } else {
+            Target::Spawn {
                 bin: server_bin.unwrap_or_else(default_server_bin),
                 args: server_args,
-            },
+            }
         };
         let config = Self {
             clients,
@@ -163,6 +212,8 @@ impl Config {
             size,
             duration,
             target,
+            watched,
+            harness_core,
             json,
         };
         config.validate()?;

@@ -12,7 +12,7 @@ use socket2::{Domain, Socket, Type};
 
 use crate::frame::{self, Decoded, Opcode};
 use crate::handshake::{self, Response};
-use crate::tally::Tally;
+use crate::tally::{Receiver, Tally};
 use crate::wire;
 
 /// The least free space a read gets; the shared buffer grows to fit a frame that needs more.
@@ -83,10 +83,8 @@ pub struct Conn {
     /// The start of a line whose end is in a later fragment of the same message: gorilla splits
     /// a message into frames at its write-buffer size.
     partial_line: Vec<u8>,
-    /// This client's publisher id, so its own messages coming back free its window.
-    publisher: Option<u32>,
-    /// Messages this client received, to tell when the drain has delivered everything.
-    received: u64,
+    /// Who this client is to the tally and what it has received.
+    receiver: Receiver,
 }
 
 impl Conn {
@@ -96,7 +94,7 @@ impl Conn {
     pub fn connect(
         source: SocketAddrV4,
         target: SocketAddrV4,
-        publisher: Option<u32>,
+        receiver: Receiver,
         registry: &Registry,
         token: Token,
     ) -> io::Result<Self> {
@@ -119,8 +117,7 @@ impl Conn {
             write_blocked: false,
             carry: Vec::new(),
             partial_line: Vec::new(),
-            publisher,
-            received: 0,
+            receiver,
         })
     }
 
@@ -129,7 +126,12 @@ impl Conn {
     }
 
     pub fn received(&self) -> u64 {
-        self.received
+        self.receiver.received()
+    }
+
+    /// Index of the URL this client connects to.
+    pub fn target(&self) -> usize {
+        self.receiver.target()
     }
 
     /// Handles a readiness event (spurious ones included): finishes the connect, writes what is
@@ -292,15 +294,11 @@ impl Conn {
     }
 
     fn deliver(&mut self, line: &[u8], now_ns: u64, tally: &mut Tally) {
-        if tally.deliver(line, self.publisher, now_ns) {
-            self.received += 1;
-        }
+        tally.deliver(line, &mut self.receiver, now_ns);
     }
 
     fn deliver_partial_line(&mut self, now_ns: u64, tally: &mut Tally) {
-        if tally.deliver(&self.partial_line, self.publisher, now_ns) {
-            self.received += 1;
-        }
+        tally.deliver(&self.partial_line, &mut self.receiver, now_ns);
         self.partial_line.clear();
     }
 }

@@ -1,5 +1,9 @@
 //! The client side of a run: one thread and one `mio::Poll` driving every connection through
 //! three phases: connect all clients, publish for a while, drain what is still in flight.
+//!
+//! With several URLs (instances of one hub) the publishers all connect to the first one and the
+//! other clients go round-robin over all of them, so that every message has to cross from the
+//! first instance to the others.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -10,7 +14,7 @@ use mio::{Events, Poll, Token};
 use crate::config::{Config, WsUrl};
 use crate::conn::{Closed, Conn, Inbox};
 use crate::message::{self, Stamp};
-use crate::tally::Tally;
+use crate::tally::{Receiver, Tally};
 use crate::wire;
 
 /// Connects in flight at once: under the accept backlog of a listener made by mio's or std's
@@ -41,6 +45,17 @@ pub struct ConnCounts {
     pub protocol_errors: usize,
     /// The first failure, so a report of failures also says why.
     pub first_error: Option<String>,
+    /// Per URL, in `--url` order.
+    pub targets: Vec<TargetCounts>,
+}
+
+/// How the clients of one URL fared.
+#[derive(Clone, Copy, Default)]
+pub struct TargetCounts {
+    /// Clients sent to this URL.
+    pub clients: usize,
+    /// Clients whose upgrade succeeded.
+    pub connected: usize,
 }
 
 impl ConnCounts {
@@ -65,6 +80,13 @@ impl ConnCounts {
     }
 }
 
+/// One URL clients connect to.
+struct Endpoint {
+    address: SocketAddrV4,
+    /// Every client of this URL sends the same upgrade request.
+    upgrade_request: Vec<u8>,
+}
+
 pub struct Load {
     poll: Poll,
     events: Events,
@@ -77,10 +99,12 @@ pub struct Load {
     connecting: usize,
     /// Where the round-robin of `--rate` publishing goes on.
     next_publisher: usize,
+    /// Receivers (clients that do not publish) started so far: the next one's URL is this
+    /// modulo the number of URLs.
+    receivers_started: usize,
     inbox: Inbox,
-    /// Every client sends the same upgrade request.
-    upgrade_request: Vec<u8>,
-    target: SocketAddrV4,
+    /// The URLs, in `--url` order; publishers use the first.
+    endpoints: Vec<Endpoint>,
     /// The message being stamped and sent, allocated once.
     message: Vec<u8>,
     /// xorshift state for mask keys: RFC 6455 wants them unpredictable, a bench needs them cheap.
@@ -90,9 +114,17 @@ pub struct Load {
 }
 
 impl Load {
-    pub fn new(config: &Config, url: &WsUrl, clock: Instant) -> io::Result<Self> {
+    /// Prepares a run against `urls`, which must not be empty.
+    pub fn new(config: &Config, urls: &[WsUrl], clock: Instant) -> io::Result<Self> {
         let publishers = (0..config.publishers)
             .map(|publisher| publisher * config.clients / config.publishers)
+            .collect();
+        let endpoints = urls
+            .iter()
+            .map(|url| Endpoint {
+                address: url.address,
+                upgrade_request: wire::upgrade_request(&url.host, &url.path, "").into_bytes(),
+            })
             .collect();
         Ok(Self {
             poll: Poll::new()?,
@@ -101,13 +133,19 @@ impl Load {
             publishers,
             connecting: 0,
             next_publisher: 0,
-            inbox: Inbox::new(clock, Tally::new(config.publishers, config.size)),
-            upgrade_request: wire::upgrade_request(&url.host, &url.path, "").into_bytes(),
-            target: url.address,
+            receivers_started: 0,
+            inbox: Inbox::new(
+                clock,
+                Tally::new(config.publishers, urls.len(), config.size),
+            ),
+            endpoints,
             message: message::template(config.size),
             mask_state: MASK_SEED,
             published: 0,
-            counts: ConnCounts::default(),
+            counts: ConnCounts {
+                targets: vec![TargetCounts::default(); urls.len()],
+                ..ConnCounts::default()
+            },
         })
     }
 
@@ -242,8 +280,18 @@ impl Load {
             .iter()
             .position(|&conn| conn == index)
             .map(|publisher| publisher as u32);
+        let target = match publisher {
+            Some(_) => 0,
+            None => {
+                self.receivers_started += 1;
+                (self.receivers_started - 1) % self.endpoints.len()
+            }
+        };
+        self.counts.targets[target].clients += 1;
+        let receiver = Receiver::new(publisher, target, self.publishers.len());
+        let address = self.endpoints[target].address;
         let registry = self.poll.registry();
-        match Conn::connect(source, self.target, publisher, registry, Token(index)) {
+        match Conn::connect(source, address, receiver, registry, Token(index)) {
             Ok(conn) => {
                 self.conns.push(Some(conn));
                 self.connecting += 1;
@@ -281,12 +329,11 @@ impl Load {
             return false;
         };
         let stamp = Stamp {
-            sent_ns: now_ns,
+            sent_ns: self.inbox.tally.sent(publisher, now_ns),
             publisher: publisher as u32,
         };
         message::stamp(&mut self.message, &stamp);
         conn.queue_text(&self.message, next_mask(&mut self.mask_state));
-        self.inbox.tally.sent(publisher);
         self.published += 1;
         true
     }
@@ -316,10 +363,12 @@ impl Load {
                 continue;
             };
             let was_open = conn.is_open();
-            match conn.on_event(event.is_writable(), &self.upgrade_request, &mut self.inbox) {
+            let upgrade_request = &self.endpoints[conn.target()].upgrade_request;
+            match conn.on_event(event.is_writable(), upgrade_request, &mut self.inbox) {
                 Ok(()) if !was_open && conn.is_open() => {
                     self.connecting -= 1;
                     self.counts.connected += 1;
+                    self.counts.targets[conn.target()].connected += 1;
                 }
                 Ok(()) => {}
                 Err(closed) => self.close(index, closed),
