@@ -19,6 +19,7 @@ for _, other in ipairs(redis.call('SMEMBERS', P .. ':instances')) do
     end
     redis.call('DEL', inst)
     redis.call('SREM', P .. ':instances', other)
+    redis.call('SET', P .. ':reaped:' .. other, 1, 'EX', 86400)
     redis.call('PUBLISH', P .. ':ctl', 'gone ' .. other)
     reaped = reaped + 1
   end

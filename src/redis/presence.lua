@@ -6,6 +6,8 @@
 --              registered instance (a flushed Redis loses it, and the instance registers again)
 --   P:alive:I  set with an expiry by I's heartbeat; once it is gone, I is reaped
 --   P:instances the instance ids
+--   P:reaped:I I was reaped and its users' leaving announced: its next registration announces
+--              them back (kept a day)
 --   P:room:R   hash U -> how many instances have U in R (the key count is the room's `count`)
 --   P:rc:R     connections in R over all instances (for --presence-max-members)
 --   P:users    hash U -> how many instances have U connected

@@ -1,9 +1,13 @@
 -- ARGV: P, I, presence_max, alive_ms, then (field, value) pairs: everything instance I holds.
 -- Replaces I's previous contribution (kept in P:inst:I, or nothing after a flush or a reap),
--- sending presence only for what changed hub-wide.
+-- sending presence for what changed hub-wide. When Redis lost its data (no P:inst:I, and no
+-- P:reaped:I left by a reaper that announced I's users leaving), nobody heard of a change:
+-- the state is rebuilt without presence.
 local P, I, max, alive = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local inst = P .. ':inst:' .. I
 local old = redis.call('HGETALL', inst)
+local reaped = redis.call('DEL', P .. ':reaped:' .. I) == 1
+if #old == 0 and not reaped then max = -1 end
 local had, want = {}, {}
 for i = 1, #old - 1, 2 do
   if old[i] ~= '!' then had[old[i]] = tonumber(old[i + 1]) end
