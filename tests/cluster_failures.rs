@@ -159,6 +159,38 @@ fn sigkill_of_an_instance_drops_its_users_everywhere_within_the_presence_ttl_3_i
     sigkill_of_an_instance_drops_its_users_everywhere_within_the_presence_ttl(3);
 }
 
+/// A clean shutdown does not wait for the TTL: the instance withdraws its users from the hub
+/// while it drains, so the others hear the `leave` at once.
+#[test]
+fn sigterm_of_an_instance_withdraws_its_users_at_once() {
+    let Some(mut cluster) = Cluster::start(2, &[]) else {
+        return;
+    };
+    let mut stay = Conn::open(&cluster, 0, "stay");
+    let mut going = Conn::open(&cluster, 1, "going");
+    join_all(ROOM, &mut [&mut stay, &mut going]);
+    wait_users_everywhere(
+        &cluster,
+        Some(ROOM),
+        &["going".to_owned(), "stay".to_owned()],
+    );
+    let stopped = Instant::now();
+    cluster.nodes[1].signal(libc::SIGTERM);
+    assert_eq!(
+        next_json(&mut stay.client),
+        presence(ROOM, "going", "leave")
+    );
+    let after = stopped.elapsed();
+    eprintln!("SIGTERM: the leave came {after:?} after the signal");
+    // Reaping takes at least three heartbeat periods (3/5 of the TTL) after the last one.
+    assert!(
+        after < PRESENCE_TTL / 5,
+        "{after:?}: as slow as the TTL ({PRESENCE_TTL:?})"
+    );
+    assert_eq!(api_users(cluster.addr(0), None), ["stay"]);
+    assert_eq!(cluster.nodes[1].wait_exit(TIMEOUT), Some(0));
+}
+
 // ---- Redis killed in the middle of traffic, then restarted ----
 
 /// Reads `conn` until it stays silent for [`QUIET`]; returns every event.

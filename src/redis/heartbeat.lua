@@ -8,17 +8,7 @@ local registered = redis.call('HEXISTS', P .. ':inst:' .. I, '!')
 local reaped = 0
 for _, other in ipairs(redis.call('SMEMBERS', P .. ':instances')) do
   if other ~= I and redis.call('EXISTS', P .. ':alive:' .. other) == 0 then
-    local inst = P .. ':inst:' .. other
-    local held = redis.call('HGETALL', inst)
-    for _, kind in ipairs(KINDS) do
-      for i = 1, #held - 1, 2 do
-        if string.sub(held[i], 1, 1) == kind then
-          apply(P, other, held[i], -tonumber(held[i + 1]), max)
-        end
-      end
-    end
-    redis.call('DEL', inst)
-    redis.call('SREM', P .. ':instances', other)
+    withdraw(P, other, max)
     redis.call('SET', P .. ':reaped:' .. other, 1, 'EX', 86400)
     redis.call('PUBLISH', P .. ':ctl', 'gone ' .. other)
     reaped = reaped + 1

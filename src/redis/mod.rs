@@ -61,6 +61,7 @@ const APPLY_LUA: &str = include_str!("apply.lua");
 const SYNC_LUA: &str = include_str!("sync.lua");
 const HEARTBEAT_LUA: &str = include_str!("heartbeat.lua");
 const ONLINE_LUA: &str = include_str!("online.lua");
+const LEAVE_LUA: &str = include_str!("leave.lua");
 
 /// What the cluster needs to know from the configuration.
 #[derive(Clone, Debug)]
@@ -211,6 +212,8 @@ enum Entry {
         waiter: u64,
     },
     Register(Vec<(String, i64)>),
+    /// The instance shuts down.
+    Leave,
 }
 
 /// A published event, kept until it comes back (or Redis fails and it is delivered locally).
@@ -235,6 +238,7 @@ enum Expect {
     Online(u64),
     Register,
     Heartbeat,
+    Leave,
 }
 
 /// One connection's bytes.
@@ -281,6 +285,7 @@ struct Scripts {
     sync: (String, String),
     heartbeat: (String, String),
     online: (String, String),
+    leave: (String, String),
 }
 
 impl Scripts {
@@ -295,11 +300,18 @@ impl Scripts {
             sync: script(SYNC_LUA),
             heartbeat: script(HEARTBEAT_LUA),
             online: script(ONLINE_LUA),
+            leave: script(LEAVE_LUA),
         }
     }
 
-    fn all(&self) -> [&(String, String); 4] {
-        [&self.apply, &self.sync, &self.heartbeat, &self.online]
+    fn all(&self) -> [&(String, String); 5] {
+        [
+            &self.apply,
+            &self.sync,
+            &self.heartbeat,
+            &self.online,
+            &self.leave,
+        ]
     }
 }
 
@@ -697,6 +709,22 @@ impl Cluster {
         self.changes(changes, Vec::new(), None);
     }
 
+    /// The instance shuts down: what it still holds leaves the hub now, not at the TTL.
+    pub fn leave(&mut self) {
+        if self.routes() {
+            self.fifo.push_back(Entry::Leave);
+        }
+    }
+
+    /// Whether nothing waits to be sent or answered (a shutdown waits for this, within its
+    /// drain deadline); true while Redis is unusable, as nothing more will be.
+    pub fn settled(&self) -> bool {
+        !self.routes()
+            || (self.fifo.is_empty()
+                && self.expect.is_empty()
+                && self.wires.iter().all(|wire| wire.out.is_empty()))
+    }
+
     /// Asks who is online in `room` (everyone when `None`), hub-wide.
     pub fn online(&mut self, room: Option<&str>, waiter: u64) {
         if !self.routes() {
@@ -809,7 +837,7 @@ impl Cluster {
             let ready = match entry {
                 Entry::Publish(published) => self.ready(&published.channel),
                 Entry::Changes { needs, .. } => needs.iter().all(|name| self.ready(name)),
-                Entry::Online { .. } => true,
+                Entry::Online { .. } | Entry::Leave => true,
                 Entry::Register(_) => self.channels.values().all(Channel::ready),
             };
             if !ready {
@@ -925,6 +953,18 @@ impl Cluster {
                 }
                 self.command(now, Expect::Register, &args);
             }
+            Entry::Leave => {
+                let sha = self.scripts.leave.1.clone();
+                let args: [&[u8]; 6] = [
+                    b"EVALSHA",
+                    sha.as_bytes(),
+                    b"0",
+                    prefix.as_bytes(),
+                    instance.as_bytes(),
+                    max.as_bytes(),
+                ];
+                self.command(now, Expect::Leave, &args);
+            }
         }
     }
 
@@ -944,7 +984,7 @@ impl Cluster {
             return Err(format!("Redis answered an error: {error}"));
         }
         match expect {
-            Expect::Handshake => {}
+            Expect::Handshake | Expect::Leave => {}
             Expect::Publish(waiter) => {
                 let receivers = resp::integer(&reply).ok_or("PUBLISH answered no integer")?;
                 if let Some(waiter) = waiter {
@@ -1137,7 +1177,7 @@ impl Cluster {
                     }
                 }
                 Entry::Online { waiter, .. } => self.answer(waiter, Answer::Failed),
-                Entry::Register(_) => {}
+                Entry::Register(_) | Entry::Leave => {}
             }
         }
         self.channels.clear();

@@ -57,3 +57,18 @@ end
 
 -- Connection counts first, so that presence is decided with the room's size after the change.
 local KINDS = {'c', 'n', 'u', 'm'}
+
+-- Takes everything instance I held out of the hub, with presence, and forgets I.
+local function withdraw(P, I, max)
+  local inst = P .. ':inst:' .. I
+  local held = redis.call('HGETALL', inst)
+  for _, kind in ipairs(KINDS) do
+    for i = 1, #held - 1, 2 do
+      if string.sub(held[i], 1, 1) == kind then
+        apply(P, I, held[i], -tonumber(held[i + 1]), max)
+      end
+    end
+  end
+  redis.call('DEL', inst, P .. ':alive:' .. I)
+  redis.call('SREM', P .. ':instances', I)
+end

@@ -74,7 +74,7 @@ fn up_with(snapshot: Snapshot) -> (Cluster, Instant) {
     let handshake = sent(&mut cluster, Link::Commands);
     assert_eq!(handshake[0], ["AUTH", "pw"]);
     assert_eq!(handshake[1], ["SELECT", "2"]);
-    assert_eq!(handshake.len(), 6, "AUTH, SELECT and four SCRIPT LOADs");
+    assert_eq!(handshake.len(), 7, "AUTH, SELECT and five SCRIPT LOADs");
     assert!(handshake[2..].iter().all(|c| c[..2] == ["SCRIPT", "LOAD"]));
     assert_eq!(sent(&mut cluster, Link::Subscriptions).len(), 2);
     assert!(cluster.routes() && !cluster.is_up());
@@ -89,7 +89,7 @@ fn up_with(snapshot: Snapshot) -> (Cluster, Instant) {
         "registering waits for the subscriptions"
     );
     let mut replies = String::from("+OK\r\n+OK\r\n");
-    for _ in 0..4 {
+    for _ in 0..5 {
         replies += &bulk(&"0".repeat(40));
     }
     cluster.receive(Link::Commands, replies.as_bytes(), now);
@@ -459,7 +459,7 @@ fn a_reconnect_after_an_outage_is_counted_and_starts_from_a_new_snapshot() {
         ]
     );
     let mut replies = String::from("+OK\r\n+OK\r\n");
-    for _ in 0..4 {
+    for _ in 0..5 {
         replies += &bulk("sha");
     }
     cluster.receive(Link::Commands, replies.as_bytes(), at);

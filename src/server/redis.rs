@@ -119,6 +119,15 @@ impl Redis {
         self.cluster.stats()
     }
 
+    /// The instance shuts down: withdraw from the hub now.
+    pub(super) fn leave(&mut self) {
+        self.cluster.leave();
+    }
+
+    pub(super) fn settled(&self) -> bool {
+        self.cluster.settled()
+    }
+
     pub(super) fn next_timeout(&self) -> Instant {
         self.cluster.poll_timeout()
     }

@@ -44,12 +44,13 @@ impl Server {
         Ok(())
     }
 
-    /// Whether the loop is done: shutdown began and every connection is gone, or the drain
-    /// ran out of time.
+    /// Whether the loop is done: shutdown began, every connection is gone and Redis has been
+    /// told, or the drain ran out of time.
     pub(super) fn drain_complete(&self) -> bool {
+        let settled = self.redis.as_ref().is_none_or(|r| r.settled());
         self.shutdown
             .drain_deadline
-            .is_some_and(|deadline| self.table.is_empty() || self.now >= deadline)
+            .is_some_and(|deadline| (self.table.is_empty() && settled) || self.now >= deadline)
     }
 
     pub(super) fn on_hangup(&mut self) {
@@ -90,6 +91,9 @@ impl Server {
                 }
                 Phase::Closing { .. } | Phase::Doomed => {}
             }
+        }
+        if let Some(redis) = &mut self.redis {
+            redis.leave();
         }
     }
 }
