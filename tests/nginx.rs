@@ -67,8 +67,9 @@ struct Nginx {
 }
 
 impl Nginx {
-    /// Starts nginx in front of `upstream`, or `None` (after saying why) when nginx is missing.
-    fn start(upstream: SocketAddr) -> Option<Nginx> {
+    /// Starts nginx in front of `upstream` (one wshub, or several instances of one hub), or
+    /// `None` (after saying why) when nginx is missing.
+    fn start(upstream: &[SocketAddr]) -> Option<Nginx> {
         let program = external_program(
             "WSHUB_NGINX",
             &["nginx", "/usr/sbin/nginx"],
@@ -87,15 +88,12 @@ impl Nginx {
         panic!("nginx found no free port in {PORT_ATTEMPTS} attempts");
     }
 
-    fn spawn(program: &Path, upstream: SocketAddr) -> Nginx {
+    fn spawn(program: &Path, upstream: &[SocketAddr]) -> Nginx {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port())
             .parse()
             .expect("address");
-        let site = with_line_replaced(
-            &example("nginx.conf"),
-            UPSTREAM_LINE,
-            &format!("server {upstream};"),
-        );
+        let servers: Vec<String> = upstream.iter().map(|a| format!("server {a};")).collect();
+        let site = with_line_replaced(&example("nginx.conf"), UPSTREAM_LINE, &servers.join(" "));
         let site = with_line_replaced(&site, LISTEN_LINE, &format!("listen {addr};"));
         static STARTED: AtomicUsize = AtomicUsize::new(0);
         let prefix = std::env::temp_dir().join(format!(
@@ -204,7 +202,7 @@ fn without_ts(mut event: serde_json::Value) -> serde_json::Value {
 #[test]
 fn chat_flow_through_nginx_joins_messages_and_presence() {
     let wshub = start(&["--trusted-proxy", "127.0.0.1/32"]);
-    let Some(nginx) = Nginx::start(wshub) else {
+    let Some(nginx) = Nginx::start(&[wshub]) else {
         return;
     };
 
@@ -251,7 +249,7 @@ fn chat_flow_through_nginx_joins_messages_and_presence() {
 #[test]
 fn raw_broadcast_through_nginx_reaches_everyone_with_the_same_opcode() {
     let wshub = start(&["--protocol", "raw"]);
-    let Some(nginx) = Nginx::start(wshub) else {
+    let Some(nginx) = Nginx::start(&[wshub]) else {
         return;
     };
 
@@ -280,7 +278,7 @@ fn raw_broadcast_through_nginx_reaches_everyone_with_the_same_opcode() {
 #[test]
 fn page_assets_and_healthz_are_served_under_the_prefix() {
     let wshub = start(&[]);
-    let Some(nginx) = Nginx::start(wshub) else {
+    let Some(nginx) = Nginx::start(&[wshub]) else {
         return;
     };
 
@@ -325,7 +323,7 @@ fn page_assets_and_healthz_are_served_under_the_prefix() {
 #[test]
 fn browser_origin_on_a_non_default_port_passes_through_nginx() {
     let wshub = start(&[]);
-    let Some(nginx) = Nginx::start(wshub) else {
+    let Some(nginx) = Nginx::start(&[wshub]) else {
         return;
     };
 
@@ -435,4 +433,65 @@ fn systemd_unit_starts_wshub_with_valid_flags_and_outwaits_the_drain() {
         nofile > config.max_connections,
         "LimitNOFILE must exceed --max-connections"
     );
+}
+
+/// SPEC §10 behind one proxy: the example's upstream lists two instances joined through Redis
+/// (`wshub --redis`), nginx spreads the clients over both, and they chat as one hub.
+#[test]
+fn two_instances_through_redis_behind_one_upstream_are_one_hub() {
+    let Some(redis) = common::redis::RedisServer::start() else {
+        return;
+    };
+    let flags = ["--trusted-proxy", "127.0.0.1/32"];
+    let nodes = [
+        common::redis::instance(&redis.url(), "a", &flags),
+        common::redis::instance(&redis.url(), "b", &flags),
+    ];
+    for node in &nodes {
+        common::redis::wait_redis_up(node);
+    }
+    let Some(nginx) = Nginx::start(&[nodes[0].addr, nodes[1].addr]) else {
+        return;
+    };
+    let users = ["alice", "bob", "carol", "dave"];
+    let mut clients: Vec<_> = users
+        .iter()
+        .map(|user| connect(nginx.addr, &format!("/chat/ws?user={user}")))
+        .collect();
+    for node in &nodes {
+        assert_eq!(
+            common::metric(node.addr, "wshub_connections"),
+            2,
+            "nginx spreads the four clients over both instances"
+        );
+    }
+    for (n, client) in clients.iter_mut().enumerate() {
+        send_text(client, r#"{"event":"join","room":"lobby"}"#);
+        let reply = next_json(client);
+        assert_eq!(reply["data"]["count"], n + 1, "hub-wide count: {reply}");
+    }
+    // Each member heard of each later arrival, whichever instance it came through.
+    for (n, client) in clients.iter_mut().enumerate() {
+        for later in &users[n + 1..] {
+            assert_eq!(
+                next_json(client),
+                json!({"event":"presence","room":"lobby","data":{"user":later,"state":"join"}})
+            );
+        }
+    }
+    send_text(
+        &mut clients[3],
+        r#"{"event":"message","room":"lobby","data":"one hub"}"#,
+    );
+    for client in &mut clients {
+        assert_eq!(
+            without_ts(next_json(client)),
+            json!({"event":"message","room":"lobby","from":"dave","data":"one hub"})
+        );
+    }
+    send_text(&mut clients[0], r#"{"event":"online","room":"lobby"}"#);
+    assert_eq!(next_json(&mut clients[0])["data"]["users"], json!(users));
+    for client in &mut clients {
+        common::assert_nothing_pending(client);
+    }
 }
