@@ -74,9 +74,6 @@ pub enum Target {
     Room(String),
     /// Every member of a room but one: a presence join goes to the others, not the joiner.
     RoomExcept(String, ConnId),
-    /// Every member of a room but the connections of one user: presence decided hub-wide
-    /// (`redis`) goes to everyone in the room but the user it is about.
-    RoomExceptUser(String, String),
     /// Every connection of one user.
     User(String),
     /// Every connected client.
@@ -90,19 +87,14 @@ impl Target {
             Target::Conn(conn) => (Some(*conn), &[], None),
             Target::Room(room) => (None, hub.room_members(room), None),
             Target::RoomExcept(room, conn) => (None, hub.room_members(room), Some(*conn)),
-            Target::RoomExceptUser(room, _) => (None, hub.room_members(room), None),
             Target::User(user) => (None, hub.user_connections(user), None),
             Target::All => (None, hub.connections(), None),
         };
-        let except_user = match self {
-            Target::RoomExceptUser(_, user) => Some(hub.user_connections(user)),
-            _ => None,
-        };
-        single
-            .into_iter()
-            .chain(many.iter().copied().filter(move |conn| {
-                Some(*conn) != except && !except_user.is_some_and(|tabs| tabs.contains(conn))
-            }))
+        single.into_iter().chain(
+            many.iter()
+                .copied()
+                .filter(move |conn| Some(*conn) != except),
+        )
     }
 }
 

@@ -106,6 +106,8 @@ pub enum Event {
     /// Deliver to this instance's connections: from Redis, or locally when Redis failed.
     Deliver {
         target: Target,
+        /// Presence is for everyone in the room but the user it is about.
+        except_user: Option<String>,
         binary: bool,
         payload: Vec<u8>,
     },
@@ -278,6 +280,8 @@ pub struct Cluster {
     rng: u64,
     /// The scripts' SHA-1s, loaded on every connection.
     scripts: Scripts,
+    /// The control channel's name, compared with every message's channel.
+    control: String,
 }
 
 struct Scripts {
@@ -339,7 +343,6 @@ impl Cluster {
     /// A cluster that connects at its first timeout (now). `seed` feeds the backoff jitter.
     pub fn new(settings: Settings, seed: u64, now: Instant) -> Cluster {
         Cluster {
-            settings,
             state: State::Down { retry_at: now },
             attempts: 0,
             reported: None,
@@ -359,6 +362,8 @@ impl Cluster {
             stats: Stats::default(),
             rng: seed | 1,
             scripts: Scripts::new(),
+            control: format!("{}:ctl", settings.prefix),
+            settings,
         }
     }
 
@@ -518,7 +523,7 @@ impl Cluster {
             return;
         }
         let mut fields = Vec::with_capacity(2 * snapshot.rooms.len() + snapshot.users.len() + 1);
-        for channel in [self.channel("all"), self.channel("ctl")] {
+        for channel in [self.channel("all"), self.control.clone()] {
             self.want(channel);
         }
         for (room, connections, users) in &snapshot.rooms {
@@ -806,7 +811,7 @@ impl Cluster {
     }
 
     /// Who an event on `channel` is for here, or `None` for the control channel.
-    fn audience(&self, channel: &[u8], user: Option<&str>) -> Option<Target> {
+    fn audience(&self, channel: &[u8]) -> Option<Target> {
         let name = std::str::from_utf8(channel).ok()?;
         let name = name
             .strip_prefix(&self.settings.prefix)?
@@ -815,10 +820,7 @@ impl Cluster {
             return Some(Target::All);
         }
         if let Some(room) = name.strip_prefix("r:") {
-            return Some(match user {
-                Some(user) => Target::RoomExceptUser(room.to_owned(), user.to_owned()),
-                None => Target::Room(room.to_owned()),
-            });
+            return Some(Target::Room(room.to_owned()));
         }
         name.strip_prefix("u:")
             .map(|user| Target::User(user.to_owned()))
@@ -882,13 +884,17 @@ impl Cluster {
         }
     }
 
-    fn send(&mut self, entry: Entry, now: Instant) {
+    /// The arguments every script takes first: prefix, instance, `--presence-max-members`.
+    fn script_args(&self) -> (String, String, String) {
         let s = &self.settings;
-        let (prefix, instance, max) = (
+        (
             s.prefix.clone(),
             s.instance.clone(),
             s.presence_max_members.to_string(),
-        );
+        )
+    }
+
+    fn send(&mut self, entry: Entry, now: Instant) {
         match entry {
             Entry::Publish(published) => {
                 self.stats.published += 1;
@@ -909,6 +915,7 @@ impl Cluster {
             Entry::Changes {
                 changes, waiters, ..
             } => {
+                let (prefix, instance, max) = self.script_args();
                 let sha = self.scripts.apply.1.clone();
                 let deltas: Vec<String> = changes.iter().map(|(_, d)| d.to_string()).collect();
                 let mut args: Vec<&[u8]> = vec![
@@ -926,6 +933,7 @@ impl Cluster {
                 self.command(now, Expect::Changes(waiters), &args);
             }
             Entry::Online { room, waiter } => {
+                let prefix = self.settings.prefix.clone();
                 let sha = self.scripts.online.1.clone();
                 let mut args: Vec<&[u8]> =
                     vec![b"EVALSHA", sha.as_bytes(), b"0", prefix.as_bytes()];
@@ -935,6 +943,7 @@ impl Cluster {
                 self.command(now, Expect::Online(waiter), &args);
             }
             Entry::Register(fields) => {
+                let (prefix, instance, max) = self.script_args();
                 let sha = self.scripts.sync.1.clone();
                 let alive = self.alive_ms();
                 let values: Vec<String> = fields.iter().map(|(_, v)| v.to_string()).collect();
@@ -954,6 +963,7 @@ impl Cluster {
                 self.command(now, Expect::Register, &args);
             }
             Entry::Leave => {
+                let (prefix, instance, max) = self.script_args();
                 let sha = self.scripts.leave.1.clone();
                 let args: [&[u8]; 6] = [
                     b"EVALSHA",
@@ -1075,7 +1085,7 @@ impl Cluster {
                 let Reply::BulkString(bytes) = payload else {
                     return Err("a message that is not a string".into());
                 };
-                self.on_message(channel.to_vec(), bytes);
+                self.on_message(channel, bytes);
             }
             Some(b"subscribe") => {
                 if let Some(c) = self.channel_mut(channel) {
@@ -1103,9 +1113,9 @@ impl Cluster {
         self.channels.get_mut(name)
     }
 
-    fn on_message(&mut self, channel: Vec<u8>, mut bytes: Vec<u8>) {
+    fn on_message(&mut self, channel: &[u8], mut bytes: Vec<u8>) {
         self.stats.received += 1;
-        if channel == self.channel("ctl").as_bytes() {
+        if channel == self.control.as_bytes() {
             if let Some(gone) = bytes.strip_prefix(b"gone ") {
                 let gone = String::from_utf8_lossy(gone).into_owned();
                 self.events.push_back(Event::Reaped(gone));
@@ -1121,14 +1131,16 @@ impl Cluster {
                 self.echoes.pop_front();
             }
         }
-        let Some(target) = self.audience(&channel, envelope.user) else {
+        let Some(target) = self.audience(channel) else {
             return;
         };
         let binary = envelope.kind == Kind::Binary;
+        let except_user = envelope.user.map(str::to_owned);
         let start = envelope.payload;
         bytes.drain(..start);
         self.events.push_back(Event::Deliver {
             target,
+            except_user,
             binary,
             payload: bytes,
         });
@@ -1208,6 +1220,7 @@ impl Cluster {
         bytes.drain(..published.payload);
         self.events.push_back(Event::Deliver {
             target: published.target,
+            except_user: None,
             binary: published.binary,
             payload: bytes,
         });

@@ -22,6 +22,20 @@ impl Server {
         delivered
     }
 
+    /// Fans a presence event about `user` out to `target` but `user`'s own connections (a
+    /// first join or last leave decided hub-wide: the user's other tabs here are not told of
+    /// it). Rare, so the filter stays out of [`Server::fan_out`]'s per-recipient path.
+    pub(super) fn fan_out_except_user(&mut self, target: &Target, user: &str, payload: &[u8]) {
+        let hub = &self.hub;
+        let recipients = target
+            .recipients(hub)
+            .filter(|conn| hub.user_of(*conn) != Some(user));
+        let delivered = self
+            .table
+            .fan_out(recipients, OpCode::Text, payload, self.now);
+        self.metrics.messages_delivered += delivered;
+    }
+
     /// Sends an event for a room, a user or everyone to every instance of the hub: through
     /// Redis while it routes (each instance delivers it when it comes back), else here at
     /// once. Returns how many took it here, or `None` when it went to Redis.

@@ -380,11 +380,17 @@ impl Server {
                 }
                 Event::Deliver {
                     target,
+                    except_user,
                     binary,
                     payload,
                 } => {
                     let opcode = if binary { OpCode::Binary } else { OpCode::Text };
-                    self.fan_out(&target, opcode, &payload);
+                    match except_user {
+                        Some(user) => self.fan_out_except_user(&target, &user, &payload),
+                        None => {
+                            self.fan_out(&target, opcode, &payload);
+                        }
+                    }
                 }
                 Event::Answer { waiter, answer } => self.answer(waiter, answer),
             }
