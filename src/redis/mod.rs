@@ -54,6 +54,9 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 const BATCH: usize = 512;
 /// Most bytes of one incomplete reply; a bigger one means Redis is not what we speak to.
 const MAX_INPUT: usize = 64 << 20;
+/// Most bytes waiting to be written to Redis: past it, Redis does not keep up and counts as
+/// unusable (the events are delivered locally) rather than growing this process's memory.
+const MAX_OUTPUT: usize = 64 << 20;
 
 /// The Lua shared by the scripts, and the scripts.
 const PRESENCE_LUA: &str = include_str!("presence.lua");
@@ -264,6 +267,9 @@ pub struct Cluster {
     expect: VecDeque<(Instant, Expect)>,
     /// Non-subscription replies the subscriptions link owes (AUTH, SELECT).
     sub_handshake: usize,
+    /// (UN)SUBSCRIBE confirmations owed, and since when the oldest is awaited.
+    sub_acks: usize,
+    sub_since: Option<Instant>,
     channels: HashMap<String, Channel>,
     /// Channels whose `wanted` changed since the last flush.
     dirty: Vec<String>,
@@ -350,6 +356,8 @@ impl Cluster {
             wires: [Wire::default(), Wire::default()],
             expect: VecDeque::new(),
             sub_handshake: 0,
+            sub_acks: 0,
+            sub_since: None,
             channels: HashMap::new(),
             dirty: Vec::new(),
             fifo: VecDeque::new(),
@@ -398,16 +406,25 @@ impl Cluster {
             State::Connecting { deadline, .. } | State::Syncing { deadline } => deadline,
             State::Up => self.next_heartbeat,
         };
-        match self.expect.front() {
-            Some((sent, _)) => state.min(*sent + REPLY_TIMEOUT),
+        match self.oldest_unanswered() {
+            Some(sent) => state.min(sent + REPLY_TIMEOUT),
             None => state,
+        }
+    }
+
+    /// When the oldest command or (un)subscription still waiting for Redis was sent.
+    fn oldest_unanswered(&self) -> Option<Instant> {
+        let command = self.expect.front().map(|(sent, _)| *sent);
+        match (command, self.sub_since) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
     /// Acts on what is due at `now`: a reconnect, a heartbeat, a timeout.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if let Some((sent, _)) = self.expect.front()
-            && now >= *sent + REPLY_TIMEOUT
+        if let Some(sent) = self.oldest_unanswered()
+            && now >= sent + REPLY_TIMEOUT
         {
             return self.fail(now, "Redis did not answer in time");
         }
@@ -834,7 +851,7 @@ impl Cluster {
         if !self.routes() {
             return;
         }
-        self.flush_subscriptions();
+        self.flush_subscriptions(now);
         while let Some(entry) = self.fifo.front() {
             let ready = match entry {
                 Entry::Publish(published) => self.ready(&published.channel),
@@ -849,9 +866,12 @@ impl Cluster {
                 self.send(entry, now);
             }
         }
+        if self.wires[Link::Commands as usize].out.len() > MAX_OUTPUT {
+            self.fail(now, "Redis does not read as fast as events are published");
+        }
     }
 
-    fn flush_subscriptions(&mut self) {
+    fn flush_subscriptions(&mut self, now: Instant) {
         let mut subscribe = Vec::new();
         let mut unsubscribe = Vec::new();
         for name in std::mem::take(&mut self.dirty) {
@@ -870,6 +890,10 @@ impl Cluster {
             } else if !channel.wanted && channel.inflight == 0 {
                 self.channels.remove(&name);
             }
+        }
+        self.sub_acks += subscribe.len() + unsubscribe.len();
+        if self.sub_acks > 0 && self.sub_since.is_none() {
+            self.sub_since = Some(now);
         }
         let out = &mut self.wires[Link::Subscriptions as usize].out;
         for (command, names) in [
@@ -1088,12 +1112,14 @@ impl Cluster {
                 self.on_message(channel, bytes);
             }
             Some(b"subscribe") => {
+                self.confirmed();
                 if let Some(c) = self.channel_mut(channel) {
                     c.inflight = c.inflight.saturating_sub(1);
                     c.active = true;
                 }
             }
             Some(b"unsubscribe") => {
+                self.confirmed();
                 let name = String::from_utf8_lossy(channel).into_owned();
                 if let Some(c) = self.channels.get_mut(&name) {
                     c.inflight = c.inflight.saturating_sub(1);
@@ -1106,6 +1132,14 @@ impl Cluster {
             _ => return Err("an unknown subscription reply".into()),
         }
         Ok(())
+    }
+
+    /// Redis confirmed one (un)subscription.
+    fn confirmed(&mut self) {
+        self.sub_acks = self.sub_acks.saturating_sub(1);
+        if self.sub_acks == 0 {
+            self.sub_since = None;
+        }
     }
 
     fn channel_mut(&mut self, name: &[u8]) -> Option<&mut Channel> {
@@ -1196,6 +1230,8 @@ impl Cluster {
         self.dirty.clear();
         self.wires = [Wire::default(), Wire::default()];
         self.sub_handshake = 0;
+        self.sub_acks = 0;
+        self.sub_since = None;
         self.heartbeat_inflight = false;
         self.registering = false;
         let backoff = MIN_BACKOFF

@@ -552,6 +552,40 @@ fn garbage_errors_and_silence_fail_the_connection_without_panicking() {
         waiter: 3,
         answer: Answer::Failed
     }));
+
+    // A subscription Redis never confirms times out like a command.
+    let (mut cluster, now) = up();
+    cluster.joined("lobby", "ann", true, true, 9);
+    cluster.flush(now);
+    cluster.handle_timeout(now + REPLY_TIMEOUT);
+    assert_eq!(events(&mut cluster)[0], Event::Disconnect);
+}
+
+#[test]
+fn a_redis_that_does_not_read_is_given_up_on_before_memory_grows() {
+    let (mut cluster, now) = up();
+    let payload = vec![b'x'; 1 << 20];
+    let mut published = 0;
+    while cluster.publish(&Target::All, false, &payload, None) {
+        published += 1;
+        cluster.flush(now);
+        assert!(published <= 65, "64 MiB waiting and still routing");
+    }
+    let happened = events(&mut cluster);
+    assert_eq!(
+        happened[0],
+        Event::Disconnect,
+        "nothing was written to Redis"
+    );
+    assert!(cluster.transmit(Link::Commands).is_empty());
+    let delivered = happened
+        .iter()
+        .filter(|e| matches!(e, Event::Deliver { .. }))
+        .count();
+    assert_eq!(
+        delivered, published,
+        "what did not come back is delivered here"
+    );
 }
 
 #[test]
