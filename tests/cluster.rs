@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tungstenite::Message;
@@ -666,4 +666,69 @@ fn burst_from_three_instances_arrives_exactly_once_in_one_order_everywhere() {
             instance_id(k)
         );
     }
+}
+
+/// A join answers at its place in the room's order, even while the room is busy: the joiner
+/// gets its reply first, then every message published after the join and none from before,
+/// without a gap.
+#[test]
+fn a_join_into_a_busy_room_is_answered_before_its_messages_and_misses_none_after() {
+    let Some(cluster) = Cluster::start(2, &[]) else {
+        return;
+    };
+    let mut sender = Conn::open(&cluster, 0, "sender");
+    join(&mut sender.client, ROOM);
+    let sends = 6_000;
+    let mut joiners: Vec<Conn> = (0..16)
+        .map(|k| Conn::open(&cluster, k % 2, &format!("joiner{k}")))
+        .collect();
+    // The sender floods the room from another thread, about 100 messages a millisecond, while
+    // the joiners join one by one.
+    let flood = std::thread::spawn(move || {
+        for seq in 0..sends {
+            sender
+                .client
+                .write(Message::text(room_message("sender", seq)))
+                .expect("queue a message");
+            if seq % 50 == 49 {
+                sender.client.flush().expect("send the flood");
+                std::thread::sleep(Duration::from_micros(500));
+            }
+        }
+        sender.client.flush().expect("send the flood");
+        sender
+    });
+    for joiner in &mut joiners {
+        std::thread::sleep(Duration::from_millis(2));
+        send_text(
+            &mut joiner.client,
+            &json!({"event": "join", "room": ROOM}).to_string(),
+        );
+    }
+    let sender = flood.join().expect("flood thread");
+    for joiner in &mut joiners {
+        let reply = next_json(&mut joiner.client);
+        assert_eq!(
+            (&reply["event"], &reply["code"]),
+            (&json!("join"), &json!(0)),
+            "{}: the join reply comes before any message of the room: {reply}",
+            joiner.name()
+        );
+        // Then the messages published after the join, consecutive up to the last one, each
+        // once (presence of the later joiners aside).
+        let mut next: Option<u64> = None;
+        while next != Some(sends) {
+            let event = next_json(&mut joiner.client);
+            if event["event"] == "presence" {
+                continue;
+            }
+            let seq = event["data"]["seq"].as_u64().expect("seq");
+            if let Some(expected) = next {
+                assert_eq!(seq, expected, "{}: a gap or a duplicate", joiner.name());
+            }
+            next = Some(seq + 1);
+        }
+    }
+    assert_quiet(&mut joiners);
+    drop(sender);
 }

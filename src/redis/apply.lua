@@ -5,7 +5,9 @@ local inst = P .. ':inst:' .. I
 local out = {}
 for i = 4, #ARGV - 1, 2 do
   local field, delta = ARGV[i], tonumber(ARGV[i + 1])
-  if redis.call('HINCRBY', inst, field, delta) <= 0 then redis.call('HDEL', inst, field) end
+  if string.sub(field, 1, 1) ~= 'j' and redis.call('HINCRBY', inst, field, delta) <= 0 then
+    redis.call('HDEL', inst, field)
+  end
   out[#out + 1] = apply(P, I, field, delta, max)
 end
 return out

@@ -6,7 +6,8 @@
 //! - SEQ: the publisher's sequence number (0 for presence, which Redis itself publishes), so an
 //!   instance recognises its own messages coming back;
 //! - KIND: `t` a text message, `b` a binary one (`--protocol raw`), `p` presence about USER,
-//!   for every member of the room but USER's connections.
+//!   for every member of the room but USER's connections, `j` the marker of a join (USER is
+//!   the joining instance's waiter, the payload the room's count), answered by ORIGIN only.
 
 /// How an event is delivered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -14,6 +15,7 @@ pub enum Kind {
     Text,
     Binary,
     Presence,
+    Joined,
 }
 
 /// A decoded envelope; `payload` is where the event starts in the bytes it was read from.
@@ -22,7 +24,7 @@ pub struct Envelope<'a> {
     pub origin: &'a str,
     pub seq: u64,
     pub kind: Kind,
-    /// For presence: the user it is about.
+    /// For presence: the user it is about; for a join marker, its waiter.
     pub user: Option<&'a str>,
     pub payload: usize,
 }
@@ -50,10 +52,11 @@ pub fn decode(bytes: &[u8]) -> Option<Envelope<'_>> {
         "t" => Kind::Text,
         "b" => Kind::Binary,
         "p" => Kind::Presence,
+        "j" => Kind::Joined,
         _ => return None,
     };
     let mut payload = end + 1;
-    let user = if kind == Kind::Presence {
+    let user = if matches!(kind, Kind::Presence | Kind::Joined) {
         let rest = &bytes[payload..];
         let line = rest.iter().position(|&b| b == b'\n')?;
         payload += line + 1;

@@ -206,11 +206,10 @@ impl Channel {
 #[derive(Debug)]
 enum Entry {
     Publish(Published),
-    /// Contribution changes, and which change's result answers which waiter.
+    /// Contribution changes (and join markers), and the channels that must listen first.
     Changes {
         changes: Vec<(String, i64)>,
         needs: Vec<String>,
-        waiters: Vec<(usize, u64)>,
     },
     Online {
         room: Option<String>,
@@ -239,7 +238,7 @@ struct Published {
 enum Expect {
     Handshake,
     Publish(Option<u64>),
-    Changes(Vec<(usize, u64)>),
+    Changes,
     Online(u64),
     Register,
     Heartbeat,
@@ -288,6 +287,8 @@ pub struct Cluster {
     scripts: Scripts,
     /// The control channel's name, compared with every message's channel.
     control: String,
+    /// Joins whose marker has not come back yet.
+    joining: Vec<u64>,
 }
 
 struct Scripts {
@@ -340,6 +341,10 @@ fn room_connections(room: &str) -> String {
 fn member(room: &str, user: &str) -> String {
     format!("m\0{room}\0{user}")
 }
+/// Not a contribution: the apply script publishes a join's marker (value: its waiter).
+fn joined_marker(room: &str) -> String {
+    format!("j\0{room}")
+}
 fn online_user(user: &str) -> String {
     format!("u\0{user}")
 }
@@ -371,6 +376,7 @@ impl Cluster {
             rng: seed | 1,
             scripts: Scripts::new(),
             control: format!("{}:ctl", settings.prefix),
+            joining: Vec::new(),
             settings,
         }
     }
@@ -667,7 +673,7 @@ impl Cluster {
             needs.push(channel);
             changes.push((online_user(user), 1));
         }
-        self.changes(changes, needs, None);
+        self.changes(changes, needs);
     }
 
     /// A connection of `user` left the hub: its rooms (each with whether the user has no
@@ -692,10 +698,13 @@ impl Cluster {
             self.unwant(&self.user_channel(user));
         }
         changes.push((CONNECTIONS.to_owned(), -1));
-        self.changes(changes, Vec::new(), None);
+        self.changes(changes, Vec::new());
     }
 
-    /// A connection of `user` joined `room`; `waiter` is answered with the room's count.
+    /// A connection of `user` joined `room`; `waiter` is answered with the room's count at
+    /// the join's place in the room's order (the script publishes a marker on the room's
+    /// channel right after the join): every event of the room before the answer preceded the
+    /// join, every one after it followed.
     pub fn joined(
         &mut self,
         room: &str,
@@ -713,7 +722,9 @@ impl Cluster {
         if first_for_user {
             changes.push((member(room, user), 1));
         }
-        self.changes(changes, vec![channel], Some(waiter));
+        changes.push((joined_marker(room), waiter as i64));
+        self.joining.push(waiter);
+        self.changes(changes, vec![channel]);
     }
 
     /// A connection of `user` quit `room`.
@@ -728,7 +739,7 @@ impl Cluster {
         if emptied {
             self.unwant(&self.room_channel(room));
         }
-        self.changes(changes, Vec::new(), None);
+        self.changes(changes, Vec::new());
     }
 
     /// The instance shuts down: what it still holds leaves the hub now, not at the TTL.
@@ -758,32 +769,22 @@ impl Cluster {
         });
     }
 
-    /// Queues contribution changes, merged with the previous batch when it is still waiting
-    /// (the result answering `waiter` is the last change's).
-    fn changes(&mut self, changes: Vec<(String, i64)>, needs: Vec<String>, waiter: Option<u64>) {
+    /// Queues contribution changes, merged with the previous batch when it is still waiting.
+    fn changes(&mut self, changes: Vec<(String, i64)>, needs: Vec<String>) {
         if !self.routes() {
             return;
         }
         if let Some(Entry::Changes {
             changes: queued,
             needs: queued_needs,
-            waiters,
         }) = self.fifo.back_mut()
             && queued.len() + changes.len() <= BATCH
         {
             queued.extend(changes);
             queued_needs.extend(needs);
-            if let Some(waiter) = waiter {
-                waiters.push((queued.len() - 1, waiter));
-            }
             return;
         }
-        let waiters = waiter.map(|w| (changes.len() - 1, w)).into_iter().collect();
-        self.fifo.push_back(Entry::Changes {
-            changes,
-            needs,
-            waiters,
-        });
+        self.fifo.push_back(Entry::Changes { changes, needs });
     }
 
     // ---- channels ----
@@ -936,9 +937,7 @@ impl Cluster {
                     self.echoes.push_back(published);
                 }
             }
-            Entry::Changes {
-                changes, waiters, ..
-            } => {
+            Entry::Changes { changes, .. } => {
                 let (prefix, instance, max) = self.script_args();
                 let sha = self.scripts.apply.1.clone();
                 let deltas: Vec<String> = changes.iter().map(|(_, d)| d.to_string()).collect();
@@ -954,7 +953,7 @@ impl Cluster {
                     args.push(field.as_bytes());
                     args.push(delta.as_bytes());
                 }
-                self.command(now, Expect::Changes(waiters), &args);
+                self.command(now, Expect::Changes, &args);
             }
             Entry::Online { room, waiter } => {
                 let prefix = self.settings.prefix.clone();
@@ -1025,13 +1024,9 @@ impl Cluster {
                     self.answer(waiter, Answer::Reached(receivers > 0));
                 }
             }
-            Expect::Changes(waiters) => {
-                let Reply::Array(results) = reply else {
+            Expect::Changes => {
+                if !matches!(reply, Reply::Array(_)) {
                     return Err("the apply script answered no array".into());
-                };
-                for (index, waiter) in waiters {
-                    let count = results.get(index).and_then(resp::integer).unwrap_or(0);
-                    self.answer(waiter, Answer::Count(usize::try_from(count).unwrap_or(0)));
                 }
             }
             Expect::Online(waiter) => {
@@ -1160,7 +1155,14 @@ impl Cluster {
             self.stats.errors += 1;
             return;
         };
-        if envelope.origin == self.settings.instance && envelope.kind != Kind::Presence {
+        let own = envelope.origin == self.settings.instance;
+        if envelope.kind == Kind::Joined {
+            if own {
+                self.on_joined(envelope.user, &bytes[envelope.payload..]);
+            }
+            return;
+        }
+        if own && envelope.kind != Kind::Presence {
             while self.echoes.front().is_some_and(|e| e.seq <= envelope.seq) {
                 self.echoes.pop_front();
             }
@@ -1178,6 +1180,20 @@ impl Cluster {
             binary,
             payload: bytes,
         });
+    }
+
+    /// This instance's join marker came back: answer the join with the room's count then.
+    fn on_joined(&mut self, waiter: Option<&str>, count: &[u8]) {
+        let waiter = waiter.and_then(|w| w.parse::<u64>().ok());
+        let Some(index) = waiter.and_then(|w| self.joining.iter().position(|&j| j == w)) else {
+            return;
+        };
+        let waiter = self.joining.swap_remove(index);
+        let count = std::str::from_utf8(count)
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        self.answer(waiter, Answer::Count(count));
     }
 
     fn answer(&mut self, waiter: u64, answer: Answer) {
@@ -1203,11 +1219,6 @@ impl Cluster {
                 Expect::Publish(Some(waiter)) | Expect::Online(waiter) => {
                     self.answer(waiter, Answer::Failed)
                 }
-                Expect::Changes(waiters) => {
-                    for (_, waiter) in waiters {
-                        self.answer(waiter, Answer::Failed);
-                    }
-                }
                 _ => {}
             }
         }
@@ -1217,14 +1228,12 @@ impl Cluster {
         for entry in std::mem::take(&mut self.fifo) {
             match entry {
                 Entry::Publish(published) => self.deliver_locally(published, true),
-                Entry::Changes { waiters, .. } => {
-                    for (_, waiter) in waiters {
-                        self.answer(waiter, Answer::Failed);
-                    }
-                }
                 Entry::Online { waiter, .. } => self.answer(waiter, Answer::Failed),
-                Entry::Register(_) | Entry::Leave => {}
+                Entry::Changes { .. } | Entry::Register(_) | Entry::Leave => {}
             }
+        }
+        for waiter in std::mem::take(&mut self.joining) {
+            self.answer(waiter, Answer::Failed);
         }
         self.channels.clear();
         self.dirty.clear();

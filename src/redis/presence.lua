@@ -51,6 +51,12 @@ local function apply(P, I, field, delta, max)
   elseif kind == 'n' then
     local key = P .. ':conns'
     if redis.call('INCRBY', key, delta) <= 0 then redis.call('DEL', key) end
+  elseif kind == 'j' then
+    -- Not a contribution: a join's marker, at the join's place in the room's order. `delta`
+    -- is the joining instance's waiter; the payload is the room's count.
+    local count = redis.call('HLEN', P .. ':room:' .. name)
+    redis.call('PUBLISH', P .. ':r:' .. name, I .. ' 0 j\n' .. string.format('%d', delta) .. '\n' .. count)
+    return count
   end
   return 0
 end

@@ -276,17 +276,33 @@ fn a_join_waits_for_its_subscription_and_publishes_after_it_stay_in_order() {
     let commands = sent(&mut cluster, Link::Commands);
     assert_eq!(commands.len(), 3);
     assert_eq!(commands[0][0], "EVALSHA");
-    assert_eq!(commands[0][6..], ["c\0lobby", "1", "m\0lobby\0ann", "1"]);
+    assert_eq!(
+        commands[0][6..],
+        ["c\0lobby", "1", "m\0lobby\0ann", "1", "j\0lobby", "41"]
+    );
     assert_eq!(commands[1][..2], ["PUBLISH", "wshub:r:lobby"]);
     assert_eq!(commands[2][..2], ["PUBLISH", "wshub:all"]);
-    cluster.receive(Link::Commands, b"*2\r\n:0\r\n:3\r\n:1\r\n:1\r\n", now);
-    assert_eq!(
-        events(&mut cluster),
-        [Event::Answer {
-            waiter: 41,
-            answer: Answer::Count(3)
-        }]
+    cluster.receive(Link::Commands, b"*3\r\n:0\r\n:3\r\n:3\r\n:1\r\n:1\r\n", now);
+    assert!(
+        events(&mut cluster).is_empty(),
+        "the script's reply answers no join"
     );
+    // The join is answered at its place in the room's order: after an event published before
+    // it, before one published after it. Another instance's marker is not ours.
+    let pushes = message("wshub:r:lobby", "i2 5 t\nbefore")
+        + &message("wshub:r:lobby", "i2 0 j\n41\n7")
+        + &message("wshub:r:lobby", "i1 0 j\n41\n3")
+        + &message("wshub:r:lobby", "i2 6 t\nafter");
+    cluster.receive(Link::Subscriptions, pushes.as_bytes(), now);
+    let happened: Vec<String> = events(&mut cluster)
+        .into_iter()
+        .map(|event| match event {
+            Event::Deliver { payload, .. } => String::from_utf8(payload).unwrap(),
+            Event::Answer { waiter, answer } => format!("{waiter}: {answer:?}"),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(happened, ["before", "41: Count(3)", "after"]);
 }
 
 #[test]
@@ -321,6 +337,8 @@ fn changes_in_one_turn_are_one_script_call_and_the_last_member_unsubscribes() {
             "c\0lobby",
             "1",
             "m\0lobby\0ann",
+            "1",
+            "j\0lobby",
             "1"
         ]
     );
@@ -373,6 +391,8 @@ fn a_lost_connection_delivers_locally_what_did_not_come_back_and_answers_every_w
     cluster.flush(now);
     cluster.publish(&Target::Room("lobby".into()), false, b"queued", None);
     cluster.online(None, 8);
+    cluster.joined("lobby", "ann", false, false, 12);
+    cluster.flush(now);
     cluster.closed(Link::Subscriptions, now);
     let happened = events(&mut cluster);
     assert_eq!(happened[0], Event::Disconnect);
@@ -385,10 +405,12 @@ fn a_lost_connection_delivers_locally_what_did_not_come_back_and_answers_every_w
         })
         .collect();
     assert_eq!(delivered, [&b"sent"[..], b"queued"], "in order, once each");
-    assert!(happened.contains(&Event::Answer {
-        waiter: 8,
-        answer: Answer::Failed
-    }));
+    for waiter in [8, 12] {
+        assert!(happened.contains(&Event::Answer {
+            waiter,
+            answer: Answer::Failed
+        }));
+    }
     assert_eq!(cluster.stats().local_only, 2);
     assert!(!cluster.routes());
     // While down, events are the loop's to deliver, and counted.

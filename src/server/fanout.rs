@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::Server;
 use crate::frame::OpCode;
-use crate::hub::Target;
+use crate::hub::{ConnId, Target};
 
 impl Server {
     /// Frames `payload` once and queues it to every recipient of `target`; returns how many
@@ -22,17 +22,23 @@ impl Server {
         delivered
     }
 
-    /// Fans a presence event about `user` out to `target` but `user`'s own connections (a
-    /// first join or last leave decided hub-wide: the user's other tabs here are not told of
-    /// it). Rare, so the filter stays out of [`Server::fan_out`]'s per-recipient path.
-    pub(super) fn fan_out_except_user(&mut self, target: &Target, user: &str, payload: &[u8]) {
+    /// Fans an event from Redis out to `target` but `user`'s connections (presence about
+    /// `user`, decided hub-wide: the user's own tabs are not told) and the `joining`
+    /// connections (whose join's place in the room's order comes after this event). Rare, so
+    /// the filter stays out of [`Server::fan_out`]'s per-recipient path.
+    pub(super) fn fan_out_except(
+        &mut self,
+        target: &Target,
+        opcode: OpCode,
+        payload: &[u8],
+        user: Option<&str>,
+        joining: &[ConnId],
+    ) {
         let hub = &self.hub;
-        let recipients = target
-            .recipients(hub)
-            .filter(|conn| hub.user_of(*conn) != Some(user));
-        let delivered = self
-            .table
-            .fan_out(recipients, OpCode::Text, payload, self.now);
+        let recipients = target.recipients(hub).filter(|conn| {
+            !joining.contains(conn) && (user.is_none() || hub.user_of(*conn) != user)
+        });
+        let delivered = self.table.fan_out(recipients, opcode, payload, self.now);
         self.metrics.messages_delivered += delivered;
     }
 

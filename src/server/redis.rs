@@ -84,6 +84,9 @@ pub(super) struct Redis {
     open: [bool; 2],
     waiting: HashMap<u64, Waiting>,
     next_waiter: u64,
+    /// Connections whose join of a room waits for its marker: the room's events do not reach
+    /// them until then (they preceded the join).
+    joining: HashMap<String, Vec<ConnId>>,
 }
 
 impl Redis {
@@ -103,6 +106,7 @@ impl Redis {
             open: [false; 2],
             waiting: HashMap::new(),
             next_waiter: 0,
+            joining: HashMap::new(),
         }
     }
 
@@ -145,6 +149,22 @@ impl Redis {
     pub(super) fn forget(&mut self, conn: ConnId) {
         if !self.waiting.is_empty() {
             self.waiting.retain(|_, waiting| waiting.conn() != conn);
+        }
+        if !self.joining.is_empty() {
+            self.joining.retain(|_, conns| {
+                conns.retain(|c| *c != conn);
+                !conns.is_empty()
+            });
+        }
+    }
+
+    /// `conn`'s join of `room` was answered: the room's events reach it from now on.
+    fn joined(&mut self, room: &str, conn: ConnId) {
+        if let Some(conns) = self.joining.get_mut(room) {
+            conns.retain(|c| *c != conn);
+            if conns.is_empty() {
+                self.joining.remove(room);
+            }
         }
     }
 
@@ -385,11 +405,16 @@ impl Server {
                     payload,
                 } => {
                     let opcode = if binary { OpCode::Binary } else { OpCode::Text };
-                    match except_user {
-                        Some(user) => self.fan_out_except_user(&target, &user, &payload),
-                        None => {
-                            self.fan_out(&target, opcode, &payload);
-                        }
+                    let joining = match (&target, &self.redis) {
+                        (Target::Room(room), Some(redis)) => redis.joining.get(room),
+                        _ => None,
+                    };
+                    if except_user.is_none() && joining.is_none() {
+                        self.fan_out(&target, opcode, &payload);
+                    } else {
+                        let joining = joining.cloned().unwrap_or_default();
+                        let except_user = except_user.as_deref();
+                        self.fan_out_except(&target, opcode, &payload, except_user, &joining);
                     }
                 }
                 Event::Answer { waiter, answer } => self.answer(waiter, answer),
@@ -474,6 +499,9 @@ impl Server {
                         room: room.clone(),
                         id,
                     });
+                    if new_member {
+                        redis.joining.entry(room.clone()).or_default().push(conn);
+                    }
                     redis
                         .cluster
                         .joined(&room, &user, new_member, first_for_user, waiter);
@@ -561,6 +589,9 @@ impl Server {
         };
         let reply = match waiting {
             Waiting::Join { conn, room, id } => {
+                if let Some(redis) = &mut self.redis {
+                    redis.joined(&room, conn);
+                }
                 let count = match answer {
                     Answer::Count(count) => count,
                     _ => self.hub.room_user_count(&room),
