@@ -164,7 +164,7 @@ pub struct Config {
     /// Join other instances into one hub through this Redis (or Valkey):
     /// redis://[user:password@]host:port[/db]. The host is resolved once, at start-up. Without
     /// it nothing connects and the instance is a hub of its own.
-    #[arg(long, env = "WSHUB_REDIS", value_name = "URL", value_parser = crate::redis::parse_redis_url)]
+    #[arg(long, env = "WSHUB_REDIS", value_name = "URL", hide_env_values = true, value_parser = crate::redis::parse_redis_url)]
     pub redis: Option<crate::redis::RedisUrl>,
 
     /// This instance's name in logs, metrics and Redis (letters, digits, `.`, `_`, `-`, `:`);
@@ -386,6 +386,39 @@ mod tests {
         assert_eq!(config.max_connections_per_ip, None);
         assert_eq!(config.command_rate, 20);
         assert_eq!(config.presence_max_members, 1000);
+        assert_eq!(config.redis, None);
+        assert_eq!(config.instance_id, None);
+        assert_eq!(config.redis_prefix, "wshub");
+        assert_eq!(config.redis_presence_ttl, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn redis_flags_are_checked_at_start_up() {
+        let config = Config::load_from([
+            "wshub",
+            "--redis",
+            "redis://:pw@127.0.0.1:6380/1",
+            "--instance-id",
+            "web-1",
+            "--redis-presence-ttl",
+            "3s",
+        ])
+        .unwrap();
+        let url = config.redis.unwrap();
+        assert_eq!(
+            (url.port, url.db, url.password.as_deref()),
+            (6380, 1, Some("pw"))
+        );
+        assert_eq!(config.instance_id.as_deref(), Some("web-1"));
+        for bad in [
+            ["--redis", "localhost:6379"],
+            ["--instance-id", "two words"],
+            ["--redis-prefix", "a\nb"],
+            ["--redis-presence-ttl", "100ms"],
+        ] {
+            let err = Config::load_from(["wshub", bad[0], bad[1]]).unwrap_err();
+            assert!(!err.to_string().is_empty(), "{bad:?}");
+        }
     }
 
     #[test]
