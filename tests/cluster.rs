@@ -732,3 +732,44 @@ fn a_join_into_a_busy_room_is_answered_before_its_messages_and_misses_none_after
     assert_quiet(&mut joiners);
     drop(sender);
 }
+
+/// `--protocol raw` (gorilla-chat compatible, what the bench speaks) is relayed too: every
+/// message, text or binary, reaches every client of every instance once, with its opcode.
+#[test]
+fn raw_broadcasts_reach_every_client_on_every_instance_once_with_their_opcode() {
+    let Some(cluster) = Cluster::start(2, &["--protocol", "raw"]) else {
+        return;
+    };
+    let mut clients: Vec<Client> = (0..4)
+        .map(|k| connect(cluster.addr(k % 2), "/ws"))
+        .collect();
+    clients[0]
+        .send(Message::text("hello from a"))
+        .expect("send text");
+    clients[1]
+        .send(Message::binary(vec![0u8, 1, 2, 255]))
+        .expect("send binary");
+    for client in &mut clients {
+        let mut got = vec![next_message(client), next_message(client)];
+        got.sort_by_key(|m| m.is_binary());
+        assert_eq!(
+            got,
+            [
+                Message::text("hello from a"),
+                Message::binary(vec![0u8, 1, 2, 255])
+            ]
+        );
+        client
+            .get_mut()
+            .set_read_timeout(Some(QUIET))
+            .expect("read timeout");
+        match client.read() {
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            other => panic!("expected nothing more, got {other:?}"),
+        }
+    }
+}
