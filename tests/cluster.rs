@@ -320,13 +320,7 @@ fn online_event(client: &mut Client, room: Option<&str>) -> (u64, Vec<String>) {
         (&json!("online"), &json!(0)),
         "{reply}"
     );
-    let mut users: Vec<String> = reply["data"]["users"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no users in {reply}"))
-        .iter()
-        .map(|user| user.as_str().expect("user").to_owned())
-        .collect();
-    users.sort();
+    let users = sorted_names(&reply["data"]["users"], &reply);
     (reply["data"]["count"].as_u64().expect("count"), users)
 }
 
@@ -348,14 +342,7 @@ fn counts_online_and_presence_are_hub_wide_and_tabs_count_once(n: usize) {
     // alice's second tab, on another instance: still two users, and no presence.
     assert_eq!(count(join(&mut alice2.client, ROOM)), 2);
     assert_eq!(count(join(&mut carol.client, ROOM)), 3);
-    for conn in [&mut alice1, &mut bob, &mut alice2] {
-        assert_eq!(
-            next_json(&mut conn.client),
-            presence(ROOM, "carol", "join"),
-            "{}",
-            conn.name()
-        );
-    }
+    expect_presence([&mut alice1, &mut bob, &mut alice2], "carol", "join");
 
     let in_room = strings(&["alice", "bob", "carol"]);
     let connected = strings(&["alice", "bob", "carol", "dave"]);
@@ -393,14 +380,7 @@ fn counts_online_and_presence_are_hub_wide_and_tabs_count_once(n: usize) {
 
     // Her last tab in the room disconnects without a close: everyone else hears she left.
     drop(alice2);
-    for conn in [&mut bob, &mut carol] {
-        assert_eq!(
-            next_json(&mut conn.client),
-            presence(ROOM, "alice", "leave"),
-            "{}",
-            conn.name()
-        );
-    }
+    expect_presence([&mut bob, &mut carol], "alice", "leave");
     quit(&mut bob.client, ROOM);
     assert_eq!(next_json(&mut carol.client), presence(ROOM, "bob", "leave"));
     wait_users_everywhere(&cluster, Some(ROOM), &strings(&["carol"]));

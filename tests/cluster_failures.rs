@@ -133,14 +133,7 @@ fn sigkill_of_an_instance_drops_its_users_everywhere_within_the_presence_ttl(n: 
     let mut eve = Conn::open(&cluster, 0, "eve");
     let reply = join(&mut eve.client, ROOM);
     assert_eq!(reply["data"]["count"], staying.len() + 1, "{reply}");
-    for conn in &mut survivors {
-        assert_eq!(
-            next_json(&mut conn.client),
-            presence(ROOM, "eve", "join"),
-            "{}",
-            conn.name()
-        );
-    }
+    expect_presence(&mut survivors, "eve", "join");
     survivors.push(eve);
     send_text(&mut survivors[0].client, &room_message("u0", 0));
     for conn in &mut survivors {
@@ -501,14 +494,7 @@ fn redis_flushall_is_repaired_within_the_presence_ttl() {
 
     let mut eve = Conn::open(&cluster, fresh, "eve");
     assert_eq!(join(&mut eve.client, ROOM)["data"]["count"], 3);
-    for conn in &mut members {
-        assert_eq!(
-            next_json(&mut conn.client),
-            presence(ROOM, "eve", "join"),
-            "{}",
-            conn.name()
-        );
-    }
+    expect_presence(&mut members, "eve", "join");
     let reply = request_json(
         &mut eve.client,
         r#"{"event":"direct","to":"dave","data":"still there?"}"#,
@@ -731,14 +717,7 @@ fn unreachable_redis_at_start_up_serves_locally_then_joins_the_hub_when_redis_ap
         },
     );
     assert_eq!(join(&mut carol.client, ROOM)["data"]["count"], 3);
-    for conn in [&mut alice, &mut bob] {
-        assert_eq!(
-            next_json(&mut conn.client),
-            presence(ROOM, "carol", "join"),
-            "{}",
-            conn.name()
-        );
-    }
+    expect_presence([&mut alice, &mut bob], "carol", "join");
     send_text(&mut carol.client, &room_message("carol", 0));
     for conn in [&mut alice, &mut bob, &mut carol] {
         expect_room_message(conn, "carol", 0);

@@ -391,6 +391,11 @@ impl Cluster {
         matches!(self.state, State::Up)
     }
 
+    /// `--instance-id`, as it names this instance in Redis.
+    pub fn instance(&self) -> &str {
+        &self.settings.instance
+    }
+
     pub fn stats(&self) -> Stats {
         self.stats
     }
@@ -449,24 +454,7 @@ impl Cluster {
                 self.next_heartbeat = now + self.heartbeat_period();
                 if !self.heartbeat_inflight {
                     self.heartbeat_inflight = true;
-                    let s = &self.settings;
-                    let (max, alive) = (s.presence_max_members.to_string(), self.alive_ms());
-                    let sha = self.scripts.heartbeat.1.clone();
-                    let prefix = s.prefix.clone();
-                    let instance = s.instance.clone();
-                    self.command(
-                        now,
-                        Expect::Heartbeat,
-                        &[
-                            b"EVALSHA",
-                            sha.as_bytes(),
-                            b"0",
-                            prefix.as_bytes(),
-                            instance.as_bytes(),
-                            max.as_bytes(),
-                            alive.as_bytes(),
-                        ],
-                    );
+                    self.run_script(now, Expect::Heartbeat, |s| &s.heartbeat, true, &[]);
                 }
             }
             _ => {}
@@ -909,16 +897,6 @@ impl Cluster {
         }
     }
 
-    /// The arguments every script takes first: prefix, instance, `--presence-max-members`.
-    fn script_args(&self) -> (String, String, String) {
-        let s = &self.settings;
-        (
-            s.prefix.clone(),
-            s.instance.clone(),
-            s.presence_max_members.to_string(),
-        )
-    }
-
     fn send(&mut self, entry: Entry, now: Instant) {
         match entry {
             Entry::Publish(published) => {
@@ -938,67 +916,61 @@ impl Cluster {
                 }
             }
             Entry::Changes { changes, .. } => {
-                let (prefix, instance, max) = self.script_args();
-                let sha = self.scripts.apply.1.clone();
-                let deltas: Vec<String> = changes.iter().map(|(_, d)| d.to_string()).collect();
+                self.run_script(now, Expect::Changes, |s| &s.apply, false, &changes)
+            }
+            Entry::Online { room, waiter } => {
+                let sha = &self.scripts.online.1;
                 let mut args: Vec<&[u8]> = vec![
                     b"EVALSHA",
                     sha.as_bytes(),
                     b"0",
-                    prefix.as_bytes(),
-                    instance.as_bytes(),
-                    max.as_bytes(),
+                    self.settings.prefix.as_bytes(),
                 ];
-                for ((field, _), delta) in changes.iter().zip(&deltas) {
-                    args.push(field.as_bytes());
-                    args.push(delta.as_bytes());
-                }
-                self.command(now, Expect::Changes, &args);
-            }
-            Entry::Online { room, waiter } => {
-                let prefix = self.settings.prefix.clone();
-                let sha = self.scripts.online.1.clone();
-                let mut args: Vec<&[u8]> =
-                    vec![b"EVALSHA", sha.as_bytes(), b"0", prefix.as_bytes()];
                 if let Some(room) = &room {
                     args.push(room.as_bytes());
                 }
-                self.command(now, Expect::Online(waiter), &args);
+                resp::encode(&mut self.wires[Link::Commands as usize].out, &args);
+                self.expect.push_back((now, Expect::Online(waiter)));
             }
             Entry::Register(fields) => {
-                let (prefix, instance, max) = self.script_args();
-                let sha = self.scripts.sync.1.clone();
-                let alive = self.alive_ms();
-                let values: Vec<String> = fields.iter().map(|(_, v)| v.to_string()).collect();
-                let mut args: Vec<&[u8]> = vec![
-                    b"EVALSHA",
-                    sha.as_bytes(),
-                    b"0",
-                    prefix.as_bytes(),
-                    instance.as_bytes(),
-                    max.as_bytes(),
-                    alive.as_bytes(),
-                ];
-                for ((field, _), value) in fields.iter().zip(&values) {
-                    args.push(field.as_bytes());
-                    args.push(value.as_bytes());
-                }
-                self.command(now, Expect::Register, &args);
+                self.run_script(now, Expect::Register, |s| &s.sync, true, &fields)
             }
-            Entry::Leave => {
-                let (prefix, instance, max) = self.script_args();
-                let sha = self.scripts.leave.1.clone();
-                let args: [&[u8]; 6] = [
-                    b"EVALSHA",
-                    sha.as_bytes(),
-                    b"0",
-                    prefix.as_bytes(),
-                    instance.as_bytes(),
-                    max.as_bytes(),
-                ];
-                self.command(now, Expect::Leave, &args);
-            }
+            Entry::Leave => self.run_script(now, Expect::Leave, |s| &s.leave, false, &[]),
         }
+    }
+
+    /// Runs one of the presence scripts: `EVALSHA` with the arguments they all take first
+    /// (prefix, instance, `--presence-max-members`), then the key's lifetime when `alive`,
+    /// then `pairs` (contribution fields and their numbers).
+    fn run_script(
+        &mut self,
+        now: Instant,
+        expect: Expect,
+        script: fn(&Scripts) -> &(String, String),
+        alive: bool,
+        pairs: &[(String, i64)],
+    ) {
+        let lifetime = self.alive_ms();
+        let max = self.settings.presence_max_members.to_string();
+        let numbers: Vec<String> = pairs.iter().map(|(_, n)| n.to_string()).collect();
+        let s = &self.settings;
+        let mut args: Vec<&[u8]> = vec![
+            b"EVALSHA",
+            script(&self.scripts).1.as_bytes(),
+            b"0",
+            s.prefix.as_bytes(),
+            s.instance.as_bytes(),
+            max.as_bytes(),
+        ];
+        if alive {
+            args.push(lifetime.as_bytes());
+        }
+        for ((field, _), number) in pairs.iter().zip(&numbers) {
+            args.push(field.as_bytes());
+            args.push(number.as_bytes());
+        }
+        resp::encode(&mut self.wires[Link::Commands as usize].out, &args);
+        self.expect.push_back((now, expect));
     }
 
     fn command(&mut self, now: Instant, expect: Expect, args: &[&[u8]]) {

@@ -61,6 +61,30 @@ fn ack(kind: &str, channel: &str) -> String {
     format!("*3\r\n{}{}:1\r\n", bulk(kind), bulk(channel))
 }
 
+/// What Redis answers to the handshake (AUTH, SELECT, the five SCRIPT LOADs on the commands
+/// link; AUTH, SELECT and the subscriptions to `channels` on the other).
+fn answer_handshake(cluster: &mut Cluster, channels: &[String], now: Instant) {
+    let mut replies = String::from("+OK\r\n+OK\r\n");
+    for _ in 0..5 {
+        replies += &bulk(&"0".repeat(40));
+    }
+    cluster.receive(Link::Commands, replies.as_bytes(), now);
+    let mut acks = String::from("+OK\r\n+OK\r\n");
+    for channel in channels {
+        acks += &ack("subscribe", channel);
+    }
+    cluster.receive(Link::Subscriptions, acks.as_bytes(), now);
+}
+
+/// An instance holding one connection, ann's, in `room`.
+fn ann_in(room: &str) -> Snapshot {
+    Snapshot {
+        rooms: vec![(room.into(), 1, vec!["ann".into()])],
+        users: vec!["ann".into()],
+        connections: 1,
+    }
+}
+
 /// A cluster that connected, registered `snapshot` and is up; returns it and the time.
 fn up_with(snapshot: Snapshot) -> (Cluster, Instant) {
     let now = Instant::now();
@@ -88,16 +112,7 @@ fn up_with(snapshot: Snapshot) -> (Cluster, Instant) {
         sent(&mut cluster, Link::Commands).is_empty(),
         "registering waits for the subscriptions"
     );
-    let mut replies = String::from("+OK\r\n+OK\r\n");
-    for _ in 0..5 {
-        replies += &bulk(&"0".repeat(40));
-    }
-    cluster.receive(Link::Commands, replies.as_bytes(), now);
-    let mut acks = String::from("+OK\r\n+OK\r\n");
-    for channel in &subscribe[0][1..] {
-        acks += &ack("subscribe", channel);
-    }
-    cluster.receive(Link::Subscriptions, acks.as_bytes(), now);
+    answer_handshake(&mut cluster, &subscribe[0][1..], now);
     cluster.flush(now);
     let register = sent(&mut cluster, Link::Commands);
     assert_eq!(register.len(), 1);
@@ -364,11 +379,7 @@ fn changes_in_one_turn_are_one_script_call_and_the_last_member_unsubscribes() {
 
 #[test]
 fn wanting_a_channel_again_before_the_flush_sends_nothing() {
-    let (mut cluster, now) = up_with(Snapshot {
-        rooms: vec![("lobby".into(), 1, vec!["ann".into()])],
-        users: vec!["ann".into()],
-        connections: 1,
-    });
+    let (mut cluster, now) = up_with(ann_in("lobby"));
     cluster.quit("lobby", "ann", true, true);
     cluster.joined("lobby", "ann", true, true, 5);
     cluster.flush(now);
@@ -382,11 +393,7 @@ fn wanting_a_channel_again_before_the_flush_sends_nothing() {
 
 #[test]
 fn a_lost_connection_delivers_locally_what_did_not_come_back_and_answers_every_waiter() {
-    let (mut cluster, now) = up_with(Snapshot {
-        rooms: vec![("lobby".into(), 1, vec!["ann".into()])],
-        users: vec!["ann".into()],
-        connections: 1,
-    });
+    let (mut cluster, now) = up_with(ann_in("lobby"));
     cluster.publish(&Target::Room("lobby".into()), false, b"sent", None);
     cluster.flush(now);
     cluster.publish(&Target::Room("lobby".into()), false, b"queued", None);
@@ -471,11 +478,7 @@ fn a_reconnect_after_an_outage_is_counted_and_starts_from_a_new_snapshot() {
     assert_eq!(events(&mut cluster), [Event::Connect, Event::Register]);
     sent(&mut cluster, Link::Commands);
     sent(&mut cluster, Link::Subscriptions);
-    cluster.register(Snapshot {
-        rooms: vec![("kept".into(), 1, vec!["ann".into()])],
-        users: vec!["ann".into()],
-        connections: 1,
-    });
+    cluster.register(ann_in("kept"));
     cluster.flush(at);
     let mut channels = sent(&mut cluster, Link::Subscriptions).remove(0);
     channels.sort();
@@ -489,16 +492,7 @@ fn a_reconnect_after_an_outage_is_counted_and_starts_from_a_new_snapshot() {
             "wshub:u:ann"
         ]
     );
-    let mut replies = String::from("+OK\r\n+OK\r\n");
-    for _ in 0..5 {
-        replies += &bulk("sha");
-    }
-    cluster.receive(Link::Commands, replies.as_bytes(), at);
-    let mut acks = String::from("+OK\r\n+OK\r\n");
-    for channel in &channels[1..] {
-        acks += &ack("subscribe", channel);
-    }
-    cluster.receive(Link::Subscriptions, acks.as_bytes(), at);
+    answer_handshake(&mut cluster, &channels[1..], at);
     cluster.flush(at);
     sent(&mut cluster, Link::Commands);
     cluster.receive(Link::Commands, b":1\r\n", at);

@@ -78,7 +78,6 @@ pub(super) struct Redis {
     cluster: Cluster,
     url: RedisUrl,
     addr: SocketAddr,
-    instance: String,
     sockets: [Option<TcpStream>; 2],
     /// Whether each socket finished connecting.
     open: [bool; 2],
@@ -98,7 +97,6 @@ impl Redis {
         now: Instant,
     ) -> Redis {
         Redis {
-            instance: settings.instance.clone(),
             cluster: Cluster::new(settings, seed, now),
             url,
             addr,
@@ -383,7 +381,8 @@ impl Server {
                     if let Some(redis) = &self.redis {
                         info!(
                             "redis: connected to {} as instance {}",
-                            redis.url, redis.instance
+                            redis.url,
+                            redis.cluster.instance()
                         );
                     }
                 }

@@ -464,14 +464,31 @@ pub fn api_online(addr: SocketAddr, room: Option<&str>) -> Value {
 /// The sorted user list of `/api/online[?room=R]` on `addr`.
 pub fn api_users(addr: SocketAddr, room: Option<&str>) -> Vec<String> {
     let answer = api_online(addr, room);
-    let mut users: Vec<String> = answer["users"]
+    sorted_names(&answer["users"], &answer)
+}
+
+/// The names in the JSON array `list` (from `whole`, quoted when it is not one), sorted.
+pub fn sorted_names(list: &Value, whole: &Value) -> Vec<String> {
+    let mut users: Vec<String> = list
         .as_array()
-        .unwrap_or_else(|| panic!("no users list in {answer}"))
+        .unwrap_or_else(|| panic!("no users list in {whole}"))
         .iter()
         .map(|user| user.as_str().expect("user name").to_owned())
         .collect();
     users.sort();
     users
+}
+
+/// Asserts the next event of each of `conns` is presence: `user` did `state` in [`ROOM`].
+pub fn expect_presence<'a>(conns: impl IntoIterator<Item = &'a mut Conn>, user: &str, state: &str) {
+    for conn in conns {
+        assert_eq!(
+            next_json(&mut conn.client),
+            presence(ROOM, user, state),
+            "{}",
+            conn.name()
+        );
+    }
 }
 
 /// `POST /api/publish` of `body` on `addr`, with the API key; the JSON answer.
