@@ -222,3 +222,30 @@ fn while_redis_is_down_there_is_no_history_and_after_it_lost_its_data_a_new_epoc
     say(&mut carol, ROOM, json!("again"));
     assert_eq!(offset(&read_messages(&mut carol, ROOM, 1)[0]), 1);
 }
+
+#[test]
+fn through_redis_a_gap_larger_than_half_the_output_bound_is_not_replayed() {
+    let flags = ["--max-buffered", "64KiB", "--max-message-size", "16KiB"];
+    let Some(cluster) = Cluster::start(2, &flags) else {
+        return;
+    };
+    let mut alice = client(&cluster, 0, "alice");
+    let at_start = position(&joined(&cluster, &mut alice, &["alice"]));
+    let padding = "x".repeat(10_000);
+    for _ in 0..5 {
+        say(&mut alice, ROOM, json!(padding));
+    }
+    read_messages(&mut alice, ROOM, 5);
+    let mut bob = client(&cluster, 1, "bob");
+    let reply = join_room(&mut bob, ROOM, Some(&at_start));
+    assert_eq!(reply["data"]["recovered"], false, "{reply}");
+    assert_nothing_pending(&mut bob);
+    let recent = Position {
+        offset: 2,
+        ..at_start
+    };
+    let reply = join_room(&mut bob, ROOM, Some(&recent));
+    assert_eq!(reply["data"]["recovered"], true, "{reply}");
+    assert_eq!(read_messages(&mut bob, ROOM, 3).len(), 3);
+    assert_nothing_pending(&mut bob);
+}
