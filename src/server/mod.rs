@@ -18,8 +18,8 @@
 //! - `redis`: the two Redis sockets (`--redis`), and what goes through Redis or waits for it.
 //!
 //! A turn: wait for readiness (or the next timer); read the ready connections and note WRITABLE;
-//! accept and handle signals; read the connections left unread last turn; expire timers; close
-//! lagging connections; run one write pass; remove the connections that ended; give back the
+//! accept and handle signals; read the connections left unread last turn; expire timers; sweep
+//! room history when due; act on Redis; close lagging connections; run one write pass; remove the connections that ended; give back the
 //! memory of a drained burst. A fan-out only appends frames to queues; sockets are written in the
 //! write pass, each at most once.
 
