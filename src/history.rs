@@ -62,6 +62,8 @@ struct Room {
     last: u64,
     /// The kept messages, oldest first, ending with offset `last`.
     kept: VecDeque<Kept>,
+    /// The bytes of the kept events, so that counting a room's memory never walks them.
+    kept_bytes: usize,
     /// Since when the room has been seen without members (`None` while it has some): once
     /// that is `--history-ttl` ago and nothing is kept, the room is forgotten.
     empty_since: Option<Instant>,
@@ -84,9 +86,7 @@ impl Room {
 
     /// What the room holds on the heap, besides its name.
     fn heap_bytes(&self) -> usize {
-        self.epoch.len()
-            + self.kept.capacity() * size_of::<Kept>()
-            + self.kept.iter().map(|k| k.json.len()).sum::<usize>()
+        self.epoch.len() + self.kept.capacity() * size_of::<Kept>() + self.kept_bytes
     }
 }
 
@@ -154,6 +154,7 @@ impl History {
         let json = event(Some(offset))?;
         let before = state.heap_bytes();
         state.last = offset;
+        state.kept_bytes += json.len();
         state.kept.push_back(Kept {
             at: now,
             json: json.as_str().into(),
@@ -247,6 +248,7 @@ impl History {
                 epoch: format!("{}-{}", self.epoch_prefix, self.epochs),
                 last: 0,
                 kept: VecDeque::new(),
+                kept_bytes: 0,
                 empty_since: None,
             };
             self.bytes += state.heap_bytes() + room_overhead(room);
@@ -268,7 +270,9 @@ fn trim(room: &mut Room, size: usize, ttl: Duration, now: Instant) {
             .front()
             .is_some_and(|kept| now.saturating_duration_since(kept.at) >= ttl)
     {
-        room.kept.pop_front();
+        if let Some(dropped) = room.kept.pop_front() {
+            room.kept_bytes -= dropped.json.len();
+        }
     }
     if room.kept.capacity() > 4 * room.kept.len().max(4) {
         room.kept.shrink_to_fit();
