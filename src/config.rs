@@ -161,6 +161,16 @@ pub struct Config {
     )]
     pub trusted_proxies: Vec<Cidr>,
 
+    /// Messages each room keeps for clients that reconnect (SPEC §11): a `join` with `since`
+    /// gets what it missed. 0 turns history off (room messages then carry no `offset`).
+    #[arg(long, env = "WSHUB_HISTORY_SIZE", default_value_t = 100, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub history_size: u32,
+
+    /// How long a room keeps a message for recovery; a room empty for this long is forgotten
+    /// (its offsets then start over, under a new epoch).
+    #[arg(long, env = "WSHUB_HISTORY_TTL", default_value = "5m", value_parser = parse_duration)]
+    pub history_ttl: Duration,
+
     /// Join other instances into one hub through this Redis (or Valkey):
     /// redis://[user:password@]host:port[/db]. The host is resolved once, at start-up. Without
     /// it nothing connects and the instance is a hub of its own.
@@ -254,6 +264,9 @@ impl Config {
         }
         if self.max_connections == 0 {
             return Err("--max-connections must be at least 1".into());
+        }
+        if self.history_ttl < Duration::from_secs(1) {
+            return Err("--history-ttl must be at least 1s".into());
         }
         if self.redis_presence_ttl < Duration::from_millis(500) {
             return Err("--redis-presence-ttl must be at least 500ms".into());
@@ -390,6 +403,8 @@ mod tests {
         assert_eq!(config.instance_id, None);
         assert_eq!(config.redis_prefix, "wshub");
         assert_eq!(config.redis_presence_ttl, Duration::from_secs(15));
+        assert_eq!(config.history_size, 100);
+        assert_eq!(config.history_ttl, Duration::from_secs(300));
     }
 
     #[test]

@@ -11,10 +11,12 @@
 //! which rooms presence is too costly to send.
 
 use std::borrow::Cow;
+use std::time::Instant;
 
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
+use crate::history::{History, Position};
 use crate::hub::{ConnId, Hub, Target};
 
 /// Longest accepted room name, in bytes: long enough for any sensible name or path-like key,
@@ -24,6 +26,10 @@ pub const MAX_ROOM_NAME_BYTES: usize = 128;
 /// Most rooms one connection may be in: a join past it is refused, so one client cannot grow
 /// the hub (or the per-connection room list every join and quit searches) without bound.
 pub const MAX_ROOMS_PER_CONNECTION: usize = 100;
+
+/// Room for the `,"offset":N` Redis adds to a room message after it was measured (SPEC §11):
+/// a message is refused with 413 when it would outgrow `--max-message-size` with it.
+pub const OFFSET_ROOM: usize = r#","offset":18446744073709551615"#.len();
 
 /// The `event` of an error reply to a frame whose own event name could not be read.
 const UNREADABLE: &str = "error";
@@ -60,6 +66,10 @@ impl Failure {
     const BAD_ROOM: Self = Self::new(400, "room must be a non-empty string of at most 128 bytes");
     const MISSING_ROOM: Self = Self::new(400, "room is required");
     const BAD_TO: Self = Self::new(400, "to must be a string");
+    const BAD_SINCE: Self = Self::new(
+        400,
+        r#"since must be {"epoch":STRING,"offset":INTEGER} (from a join reply or a message)"#,
+    );
     const MISSING_DATA: Self = Self::new(400, "data is required");
     const ROOM_AND_TO: Self = Self::new(400, "give room or to, not both");
     const NOT_ALLOWED: Self = Self::new(403, "not allowed to join this room");
@@ -87,6 +97,8 @@ pub struct Context<'a> {
     pub conn: ConnId,
     /// Unix time in milliseconds, stamped as `ts`; passed in because the core has no clock.
     pub now_ms: u64,
+    /// The loop's clock, for history's `--history-ttl`.
+    pub now: Instant,
     /// Whether this connection may join a room (the JWT `rooms` claim); false answers 403.
     pub may_join: &'a dyn Fn(&str) -> bool,
     /// Whether this connection may reach everyone at once: a message or `online` without a
@@ -107,9 +119,11 @@ pub struct Context<'a> {
 /// the loop asks Redis and answers with [`join_reply`], [`online_reply`] or [`direct_reply`].
 #[derive(Clone, Debug)]
 pub enum Ask {
-    /// `join`: the reply waits for the hub-wide count; presence is decided hub-wide.
+    /// `join`: the reply waits for the hub-wide count (and, with history, the room's position
+    /// and the replay of what `since` missed); presence is decided hub-wide.
     Join {
         room: String,
+        since: Option<Since>,
         /// The connection was not in the room before (a repeated join changes no count).
         new_member: bool,
         /// No other connection of this user is in the room on this instance.
@@ -138,6 +152,13 @@ pub enum Ask {
     },
 }
 
+/// Where a client's `join` asks history to resume from (SPEC §11): after `offset` of `epoch`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct Since {
+    pub epoch: String,
+    pub offset: u64,
+}
+
 /// What bounds the cost of control events (SPEC §6), so that one client's joins, quits and
 /// queries cannot make the server, or every member of a big room, work at the client's pace.
 #[derive(Clone, Copy)]
@@ -155,6 +176,7 @@ pub struct Control<'a> {
 /// outcome, including garbage, is a reply or a delivery: nothing here panics or closes.
 pub fn handle(
     hub: &mut Hub,
+    history: &mut History,
     ctx: &Context,
     text: &str,
     out: &mut Vec<Delivery>,
@@ -171,9 +193,9 @@ pub fn handle(
     }
     let handled = match &*event {
         "ping" => ping(ctx, &request, out),
-        "join" => join(hub, ctx, &request, out, asks),
+        "join" => join(hub, history, ctx, &request, out, asks),
         "quit" => quit(hub, ctx, &request, out, asks),
-        "message" => message(hub, ctx, &request, out),
+        "message" => message(hub, history, ctx, &request, out),
         "direct" => direct(hub, ctx, &request, out, asks),
         "online" => online(hub, ctx, &request, out, asks),
         _ => Err(Failure::UNKNOWN_EVENT),
@@ -224,8 +246,17 @@ pub fn refuse(conn: ConnId, text: Option<&str>, failure: Failure, out: &mut Vec<
 
 /// Turns an HTTP `POST /api/publish` body — `{"room":R}`, `{"to":USER}` or `{}` (everyone),
 /// plus `"data"` — into one delivery: a `message` (room or everyone) or a `direct`, without
-/// `from`. The caller counts the connections [`Target::recipients`] yields.
-pub fn publish(now_ms: u64, max_message_size: usize, body: &str) -> Result<Delivery, Failure> {
+/// `from`. A room message is numbered and kept like a client's (with its room's position
+/// returned), unless `hub_wide`: then Redis numbers it. The caller counts the connections
+/// [`Target::recipients`] yields.
+pub fn publish(
+    history: &mut History,
+    now: Instant,
+    now_ms: u64,
+    max_message_size: usize,
+    hub_wide: bool,
+    body: &str,
+) -> Result<(Delivery, Option<Position>), Failure> {
     let request = decode(body).ok_or(Failure::MALFORMED)?;
     let data = request.data.ok_or(Failure::MISSING_DATA)?;
     let room = room_name(request.room)?;
@@ -236,22 +267,52 @@ pub fn publish(now_ms: u64, max_message_size: usize, body: &str) -> Result<Deliv
     let (target, event) = match (room, to) {
         (Some(_), Some(_)) => return Err(Failure::ROOM_AND_TO),
         (Some(room), None) => {
-            let json = relayed("message", Some(&room), None, data, now_ms, max_message_size)?;
-            (Target::Room(room.into_owned()), json)
+            let relay = Relay {
+                event: "message",
+                room: Some(&room),
+                from: None,
+                data,
+                now_ms,
+                max_message_size,
+            };
+            let (json, offset) = numbered(history, now, hub_wide, &relay, &room)?;
+            let position = offset.and_then(|_| history.position(&room, now));
+            let delivery = Delivery {
+                target: Target::Room(room.into_owned()),
+                json,
+            };
+            return Ok((delivery, position));
         }
         (None, Some(to)) => {
-            let json = relayed("direct", None, None, data, now_ms, max_message_size)?;
+            let json = Relay {
+                event: "direct",
+                room: None,
+                from: None,
+                data,
+                now_ms,
+                max_message_size,
+            }
+            .serialise(None)?;
             (Target::User(to.into_owned()), json)
         }
         (None, None) => {
-            let json = relayed("message", None, None, data, now_ms, max_message_size)?;
+            let json = Relay {
+                event: "message",
+                room: None,
+                from: None,
+                data,
+                now_ms,
+                max_message_size,
+            }
+            .serialise(None)?;
             (Target::All, json)
         }
     };
-    Ok(Delivery {
+    let delivery = Delivery {
         target,
         json: event,
-    })
+    };
+    Ok((delivery, None))
 }
 
 /// Whether `event` is a command: `join`, `quit` and `online` change or read who is where, and
@@ -293,6 +354,9 @@ struct Request<'a> {
     /// The payload relayed verbatim by message and direct (`null` included).
     #[serde(default, borrow, deserialize_with = "present")]
     data: Option<&'a RawValue>,
+    /// Where a join resumes from (SPEC §11); `null` counts as absent.
+    #[serde(borrow)]
+    since: Option<&'a RawValue>,
 }
 
 /// Reads a request, which must be a JSON object: serde would also accept a struct written as
@@ -334,6 +398,12 @@ fn room_name(raw: Option<&RawValue>) -> Result<Option<Cow<'_, str>>, Failure> {
         Some(room) if !room.is_empty() && room.len() <= MAX_ROOM_NAME_BYTES => Ok(Some(room)),
         _ => Err(Failure::BAD_ROOM),
     }
+}
+
+/// The validated `since` of a join, `None` when absent.
+fn since(raw: Option<&RawValue>) -> Result<Option<Since>, Failure> {
+    raw.map(|raw| serde_json::from_str(raw.get()).map_err(|_| Failure::BAD_SINCE))
+        .transpose()
 }
 
 /// A reply to the sender: `{"event","id"?,"code",("room")?,("data")?,("ts")?}`.
@@ -401,13 +471,25 @@ struct Pushed<'a, D> {
     /// When the server accepted it; absent for presence.
     #[serde(skip_serializing_if = "Option::is_none")]
     ts: Option<u64>,
+    /// A room message's place in its room's history (SPEC §11), with history on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
 }
 
 /// `data` of a join reply.
 #[derive(Serialize)]
-struct Count {
+struct Joined<'a> {
     /// Distinct users in the room after the join.
     count: usize,
+    /// With history on: the epoch the room's offsets count in…
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epoch: Option<&'a str>,
+    /// …and the offset of its last message at the join (0 before the first).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
+    /// Only when the join had `since`: whether every message after it follows the reply.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recovered: Option<bool>,
 }
 
 /// `data` of an online reply.
@@ -439,12 +521,14 @@ fn ping(ctx: &Context, request: &Request, out: &mut Vec<Delivery>) -> Result<(),
 
 fn join(
     hub: &mut Hub,
+    history: &mut History,
     ctx: &Context,
     request: &Request,
     out: &mut Vec<Delivery>,
     asks: &mut Vec<Ask>,
 ) -> Result<(), Failure> {
     let room = room_name(request.room)?.ok_or(Failure::MISSING_ROOM)?;
+    let since = since(request.since)?;
     if !(ctx.may_join)(&room) {
         return Err(Failure::NOT_ALLOWED);
     }
@@ -456,13 +540,32 @@ fn join(
     if ctx.hub_wide {
         asks.push(Ask::Join {
             room: room.into_owned(),
+            since,
             new_member,
             first_for_user: joined.first_for_user,
             id: request.id.map(RawValue::to_owned),
         });
         return Ok(());
     }
-    out.extend(join_reply(ctx.conn, &room, request.id, joined.users));
+    // The reply, then what the client missed, before anything else can reach it: the loop
+    // runs nothing between these deliveries, so the replay meets the live messages exactly.
+    let position = history.position(&room, ctx.now);
+    let replay = since
+        .as_ref()
+        .and_then(|since| history.after(&room, &since.epoch, since.offset, ctx.now));
+    let recovered = since.as_ref().map(|_| replay.is_some());
+    out.extend(join_reply(
+        ctx.conn,
+        &room,
+        request.id,
+        joined.users,
+        position.as_ref(),
+        recovered,
+    ));
+    out.extend(replay.into_iter().flatten().map(|json| Delivery {
+        target: Target::Conn(ctx.conn),
+        json: json.to_owned(),
+    }));
     if joined.first_for_user
         && joined.users > 1
         && announced(
@@ -513,6 +616,7 @@ fn quit(
 
 fn message(
     hub: &Hub,
+    history: &mut History,
     ctx: &Context,
     request: &Request,
     out: &mut Vec<Delivery>,
@@ -520,19 +624,20 @@ fn message(
     let data = request.data.ok_or(Failure::MISSING_DATA)?;
     let room = room_name(request.room)?;
     let from = hub.user_of(ctx.conn).ok_or(Failure::NOT_CONNECTED)?;
-    match &room {
-        Some(room) if !hub.is_member(ctx.conn, room) => return Err(Failure::NOT_A_MEMBER),
-        None if !ctx.may_reach_everyone => return Err(Failure::NOT_TO_EVERYONE),
-        _ => {}
-    }
-    let json = relayed(
-        "message",
-        room.as_deref(),
-        Some(from),
+    let relay = Relay {
+        event: "message",
+        room: room.as_deref(),
+        from: Some(from),
         data,
-        ctx.now_ms,
-        ctx.max_message_size,
-    )?;
+        now_ms: ctx.now_ms,
+        max_message_size: ctx.max_message_size,
+    };
+    let json = match &room {
+        Some(room) if !hub.is_member(ctx.conn, room) => return Err(Failure::NOT_A_MEMBER),
+        Some(room) => numbered(history, ctx.now, ctx.hub_wide, &relay, room)?.0,
+        None if !ctx.may_reach_everyone => return Err(Failure::NOT_TO_EVERYONE),
+        None => relay.serialise(None)?,
+    };
     let target = room.map_or(Target::All, |room| Target::Room(room.into_owned()));
     out.push(Delivery { target, json });
     Ok(())
@@ -551,14 +656,15 @@ fn direct(
     if !ctx.hub_wide && hub.user_connections(&to).is_empty() {
         return Err(Failure::OFFLINE);
     }
-    let json = relayed(
-        "direct",
-        None,
-        Some(from),
+    let json = Relay {
+        event: "direct",
+        room: None,
+        from: Some(from),
         data,
-        ctx.now_ms,
-        ctx.max_message_size,
-    )?;
+        now_ms: ctx.now_ms,
+        max_message_size: ctx.max_message_size,
+    }
+    .serialise(None)?;
     if ctx.hub_wide {
         asks.push(Ask::Direct {
             to: to.into_owned(),
@@ -604,19 +710,27 @@ fn online(
     Ok(())
 }
 
-/// The reply to a `join` of `room` by `conn`, which now has `count` distinct users.
+/// The reply to a `join` of `room` by `conn`, which now has `count` distinct users; with
+/// history, the room's `position`, and `recovered` when the join had `since`.
 pub fn join_reply(
     conn: ConnId,
     room: &str,
     id: Option<&RawValue>,
     count: usize,
+    position: Option<&Position>,
+    recovered: Option<bool>,
 ) -> Option<Delivery> {
     let reply = Reply {
         event: "join",
         id,
         code: 0,
         room: Some(Some(room)),
-        data: Some(Count { count }),
+        data: Some(Joined {
+            count,
+            epoch: position.map(|p| p.epoch.as_str()),
+            offset: position.map(|p| p.offset),
+            recovered,
+        }),
         ts: None,
     };
     delivery(Target::Conn(conn), &reply)
@@ -678,31 +792,62 @@ fn presence<'a>(room: &'a str, user: &'a str, state: &'a str) -> Pushed<'a, Pres
         from: None,
         data: Presence { user, state },
         ts: None,
+        offset: None,
     }
 }
 
-/// Serialises a relayed message or direct event, refusing it with 413 when receivers with a
-/// `max_message_size` limit could not read it (an event that cannot be serialised at all,
-/// which our plain fields rule out, is refused the same way rather than sent half-made).
-fn relayed(
-    event: &str,
-    room: Option<&str>,
-    from: Option<&str>,
-    data: &RawValue,
+/// A relayed `message` or `direct` event, before it is serialised.
+struct Relay<'a> {
+    event: &'a str,
+    room: Option<&'a str>,
+    from: Option<&'a str>,
+    data: &'a RawValue,
     now_ms: u64,
+    /// The largest event receivers accept.
     max_message_size: usize,
-) -> Result<String, Failure> {
-    let pushed = Pushed {
-        event,
-        room,
-        from,
-        data,
-        ts: Some(now_ms),
-    };
-    match serde_json::to_string(&pushed) {
-        Ok(json) if json.len() <= max_message_size => Ok(json),
-        _ => Err(Failure::TOO_LARGE),
+}
+
+impl Relay<'_> {
+    /// Serialises the event (with `offset`, for a numbered room message), refusing it with
+    /// 413 when receivers with a `max_message_size` limit could not read it (an event that
+    /// cannot be serialised at all, which our plain fields rule out, is refused the same way
+    /// rather than sent half-made).
+    fn serialise(&self, offset: Option<u64>) -> Result<String, Failure> {
+        self.serialise_within(offset, self.max_message_size)
     }
+
+    fn serialise_within(&self, offset: Option<u64>, limit: usize) -> Result<String, Failure> {
+        let pushed = Pushed {
+            event: self.event,
+            room: self.room,
+            from: self.from,
+            data: self.data,
+            ts: Some(self.now_ms),
+            offset,
+        };
+        match serde_json::to_string(&pushed) {
+            Ok(json) if json.len() <= limit => Ok(json),
+            _ => Err(Failure::TOO_LARGE),
+        }
+    }
+}
+
+/// Serialises a message to `room`: numbered and kept by this instance's `history`, or, when
+/// the hub is `hub_wide` with history on, leaving room for the offset Redis will add. Returns
+/// the event and its offset (`None` when Redis numbers it, or history is off).
+fn numbered(
+    history: &mut History,
+    now: Instant,
+    hub_wide: bool,
+    relay: &Relay,
+    room: &str,
+) -> Result<(String, Option<u64>), Failure> {
+    if hub_wide {
+        let reserve = if history.is_on() { OFFSET_ROOM } else { 0 };
+        let limit = relay.max_message_size.saturating_sub(reserve);
+        return relay.serialise_within(None, limit).map(|json| (json, None));
+    }
+    history.append(room, now, |offset| relay.serialise(offset))
 }
 
 fn reply_error(
@@ -741,6 +886,7 @@ mod tests {
 
     const NOW: u64 = 1_700_000_000_000;
     const LIMIT: usize = 64 * 1024;
+    const TTL: std::time::Duration = std::time::Duration::from_secs(60);
     /// The `--presence-max-members` default: rooms in these tests are far smaller.
     const PRESENCE_MAX: usize = 1_000;
 
@@ -790,6 +936,7 @@ mod tests {
         let ctx = Context {
             conn: ConnId(conn),
             now_ms: NOW,
+            now: Instant::now(),
             may_join,
             // As with a `RoomRule`, a claim that allows every room (`*`) reaches everyone.
             may_reach_everyone: may_join("*"),
@@ -798,8 +945,19 @@ mod tests {
             hub_wide: false,
         };
         let mut out = Vec::new();
-        handle(hub, &ctx, text, &mut out, &mut Vec::new());
+        handle(
+            hub,
+            &mut no_history(),
+            &ctx,
+            text,
+            &mut out,
+            &mut Vec::new(),
+        );
         out
+    }
+
+    fn no_history() -> History {
+        History::new(0, TTL, 0)
     }
 
     fn to_conn(conn: usize, json: &str) -> Delivery {
@@ -1307,12 +1465,14 @@ mod tests {
         let ctx = Context {
             conn: ConnId(1),
             now_ms: NOW,
+            now: Instant::now(),
             may_join: &allow_all,
             may_reach_everyone: true,
             max_message_size: 100,
             control: unbounded(),
             hub_wide: false,
         };
+        let history = &mut no_history();
         let fits = format!(
             r#"{{"event":"message","room":"lobby","data":"{}"}}"#,
             "x".repeat(22)
@@ -1326,11 +1486,11 @@ mod tests {
             "x".repeat(90)
         );
         let mut out = Vec::new();
-        handle(&mut hub, &ctx, &fits, &mut out, &mut Vec::new());
+        handle(&mut hub, history, &ctx, &fits, &mut out, &mut Vec::new());
         assert_eq!(out[0].json.len(), 100);
         out.clear();
-        handle(&mut hub, &ctx, &too_big, &mut out, &mut Vec::new());
-        handle(&mut hub, &ctx, &direct, &mut out, &mut Vec::new());
+        handle(&mut hub, history, &ctx, &too_big, &mut out, &mut Vec::new());
+        handle(&mut hub, history, &ctx, &direct, &mut out, &mut Vec::new());
         assert_eq!(
             out,
             [
@@ -1582,7 +1742,10 @@ mod tests {
             ),
         ];
         for (body, target, json, delivered) in cases {
-            let delivery = publish(NOW, LIMIT, body).expect("valid body");
+            let (delivery, position) =
+                publish(&mut no_history(), Instant::now(), NOW, LIMIT, false, body)
+                    .expect("valid body");
+            assert_eq!(position, None);
             assert_eq!(delivery, to(target, json));
             assert_eq!(recipients(&hub, &delivery.target), delivered);
         }
@@ -1599,8 +1762,223 @@ mod tests {
             (r#"{"data":"0123456789"}"#, Failure::TOO_LARGE),
         ];
         for (body, failure) in cases {
-            assert_eq!(publish(NOW, 50, body), Err(failure), "{body}");
+            let published = publish(&mut no_history(), Instant::now(), NOW, 50, false, body);
+            assert_eq!(published, Err(failure), "{body}");
         }
+    }
+
+    /// The test hub (alice on 1 and 2, bob on 3, carol on 4), with room history on, at a
+    /// fixed clock.
+    struct WithHistory {
+        hub: Hub,
+        history: History,
+        now: Instant,
+        hub_wide: bool,
+    }
+
+    impl WithHistory {
+        fn new() -> Self {
+            WithHistory {
+                hub: hub(),
+                history: History::new(100, TTL, 42),
+                now: Instant::now(),
+                hub_wide: false,
+            }
+        }
+
+        fn send(&mut self, conn: usize, text: &str) -> (Vec<Delivery>, Vec<Ask>) {
+            let ctx = Context {
+                conn: ConnId(conn),
+                now_ms: NOW,
+                now: self.now,
+                may_join: &allow_all,
+                may_reach_everyone: true,
+                max_message_size: LIMIT,
+                control: unbounded(),
+                hub_wide: self.hub_wide,
+            };
+            let (mut out, mut asks) = (Vec::new(), Vec::new());
+            handle(
+                &mut self.hub,
+                &mut self.history,
+                &ctx,
+                text,
+                &mut out,
+                &mut asks,
+            );
+            (out, asks)
+        }
+
+        fn say(&mut self, conn: usize, text: &str) -> String {
+            let message = format!(r#"{{"event":"message","room":"lobby","data":"{text}"}}"#);
+            let (mut out, _) = self.send(conn, &message);
+            assert_eq!(out.len(), 1, "{out:?}");
+            out.remove(0).json
+        }
+
+        fn epoch(&mut self) -> String {
+            self.history.position("lobby", self.now).unwrap().epoch
+        }
+    }
+
+    #[test]
+    fn room_messages_carry_offsets_and_the_join_reply_the_room_position() {
+        let mut h = WithHistory::new();
+        let (out, _) = h.send(1, r#"{"event":"join","room":"lobby"}"#);
+        let epoch = h.epoch();
+        assert_eq!(
+            out,
+            vec![to_conn(
+                1,
+                &format!(
+                    r#"{{"event":"join","code":0,"room":"lobby","data":{{"count":1,"epoch":"{epoch}","offset":0}}}}"#
+                )
+            )]
+        );
+        assert_eq!(
+            h.say(1, "one"),
+            r#"{"event":"message","room":"lobby","from":"alice","data":"one","ts":1700000000000,"offset":1}"#
+        );
+        assert!(h.say(1, "two").ends_with(r#","offset":2}"#));
+        // Messages to everyone and directs are not kept, nor numbered.
+        let (out, _) = h.send(1, r#"{"event":"message","data":"all"}"#);
+        assert!(!out[0].json.contains("offset"));
+        let (out, _) = h.send(3, r#"{"event":"join","room":"lobby"}"#);
+        assert!(
+            out[0].json.ends_with(&format!(
+                r#""data":{{"count":2,"epoch":"{epoch}","offset":2}}}}"#
+            )),
+            "{}",
+            out[0].json
+        );
+    }
+
+    #[test]
+    fn join_since_replays_what_was_missed_right_after_the_reply() {
+        let mut h = WithHistory::new();
+        h.send(1, r#"{"event":"join","room":"lobby"}"#);
+        let kept: Vec<String> = (1..=4).map(|n| h.say(1, &format!("m{n}"))).collect();
+        let epoch = h.epoch();
+        let (out, _) = h.send(
+            3,
+            &format!(
+                r#"{{"event":"join","room":"lobby","since":{{"epoch":"{epoch}","offset":2}}}}"#
+            ),
+        );
+        let reply = format!(
+            r#"{{"event":"join","code":0,"room":"lobby","data":{{"count":2,"epoch":"{epoch}","offset":4,"recovered":true}}}}"#
+        );
+        assert_eq!(out[0], to_conn(3, &reply));
+        assert_eq!(out[1], to_conn(3, &kept[2]));
+        assert_eq!(out[2], to_conn(3, &kept[3]));
+        // Then presence for the others; nothing else reaches bob.
+        assert_eq!(out.len(), 4);
+        assert_eq!(out[3].target, Target::RoomExcept("lobby".into(), ConnId(3)));
+    }
+
+    #[test]
+    fn join_since_another_epoch_or_a_trimmed_offset_is_not_recovered_and_replays_nothing() {
+        let mut h = WithHistory::new();
+        h.history = History::new(2, TTL, 42);
+        h.send(1, r#"{"event":"join","room":"lobby"}"#);
+        for n in 1..=4 {
+            h.say(1, &format!("m{n}"));
+        }
+        let epoch = h.epoch();
+        for since in [
+            r#"{"epoch":"other","offset":3}"#.to_owned(),
+            format!(r#"{{"epoch":"{epoch}","offset":1}}"#),
+            format!(r#"{{"epoch":"{epoch}","offset":5}}"#),
+        ] {
+            let (out, _) = h.send(
+                3,
+                &format!(r#"{{"event":"join","room":"lobby","since":{since}}}"#),
+            );
+            let reply = format!(
+                r#"{{"event":"join","code":0,"room":"lobby","data":{{"count":2,"epoch":"{epoch}","offset":4,"recovered":false}}}}"#
+            );
+            assert_eq!(out[0], to_conn(3, &reply), "{since}");
+            assert!(
+                out[1..].iter().all(|d| d.target != Target::Conn(ConnId(3))),
+                "{since}: {out:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_malformed_since_is_400_and_joins_nothing() {
+        let mut h = WithHistory::new();
+        for since in [
+            r#""3""#,
+            r#"{"epoch":"e"}"#,
+            r#"{"epoch":1,"offset":1}"#,
+            r#"{"epoch":"e","offset":-1}"#,
+        ] {
+            let (out, _) = h.send(
+                1,
+                &format!(r#"{{"event":"join","room":"lobby","since":{since},"id":9}}"#),
+            );
+            assert_eq!(out.len(), 1);
+            assert!(
+                out[0]
+                    .json
+                    .starts_with(r#"{"event":"join","id":9,"code":400,"error":"since must be"#),
+                "{since}: {}",
+                out[0].json
+            );
+            assert!(!h.hub.is_member(ConnId(1), "lobby"));
+        }
+        // `null` is no since at all.
+        let (out, _) = h.send(1, r#"{"event":"join","room":"lobby","since":null}"#);
+        assert!(!out[0].json.contains("recovered"), "{}", out[0].json);
+    }
+
+    #[test]
+    fn hub_wide_history_is_left_to_redis_with_room_for_its_offset() {
+        let mut h = WithHistory::new();
+        h.history = History::in_redis(100, TTL);
+        h.hub_wide = true;
+        h.send(1, r#"{"event":"join","room":"lobby"}"#);
+        let (_, asks) = h.send(
+            3,
+            r#"{"event":"join","room":"lobby","since":{"epoch":"e-1","offset":7}}"#,
+        );
+        let Some(Ask::Join { since, .. }) = asks.first() else {
+            panic!("{asks:?}");
+        };
+        let since = since.clone().unwrap();
+        assert_eq!((since.epoch.as_str(), since.offset), ("e-1", 7));
+        assert!(!h.say(1, "unnumbered here").contains("offset"));
+
+        // Redis adds `,"offset":N` after the size check: a message that fills the limit
+        // without it is refused.
+        let ctx_limit = |h: &mut WithHistory, size: usize| {
+            let text = format!(
+                r#"{{"event":"message","room":"lobby","data":"{}"}}"#,
+                "x".repeat(size)
+            );
+            h.send(1, &text).0.remove(0).json
+        };
+        let fits = LIMIT - OFFSET_ROOM - ctx_limit(&mut h, 0).len();
+        assert!(!ctx_limit(&mut h, fits).contains("code"));
+        assert!(ctx_limit(&mut h, fits + 1).contains(r#""code":413"#));
+    }
+
+    #[test]
+    fn publish_to_a_room_is_numbered_and_answers_the_position() {
+        let mut history = History::new(100, TTL, 42);
+        let now = Instant::now();
+        let body = r#"{"room":"lobby","data":1}"#;
+        publish(&mut history, now, NOW, LIMIT, false, body).unwrap();
+        let (delivery, position) = publish(&mut history, now, NOW, LIMIT, false, body).unwrap();
+        assert!(delivery.json.ends_with(r#","offset":2}"#));
+        assert_eq!(position, history.position("lobby", now));
+        assert_eq!(position.unwrap().offset, 2);
+        // Through Redis, Redis numbers it.
+        let mut remote = History::in_redis(100, TTL);
+        let (delivery, position) = publish(&mut remote, now, NOW, LIMIT, true, body).unwrap();
+        assert!(!delivery.json.contains("offset"));
+        assert_eq!(position, None);
     }
 
     #[test]

@@ -19,6 +19,8 @@
 //! - [`session`]: an open connection's WebSocket side: tungstenite over bytes, its budget and
 //!   `rooms` claim.
 //! - [`events`]: the JSON `events` protocol on top of the hub.
+//! - [`history`]: each room's last messages, numbered, for clients that reconnect (one
+//!   instance; with `--redis` they live in Redis).
 //! - [`frame`]: server frames, encoded once per fan-out.
 //! - [`outbuf`]: a connection's pending output.
 //! - [`timer`]: the hashed timing wheel behind every timeout.
@@ -33,6 +35,7 @@ pub mod config;
 pub mod conn;
 pub mod events;
 pub mod frame;
+pub mod history;
 pub mod http;
 pub mod hub;
 pub mod metrics;

@@ -71,6 +71,8 @@ pub struct Gauges {
     pub users: usize,
     /// Bytes queued for all connections together (bounded by `--max-output-memory`).
     pub output_bytes: usize,
+    /// What room history holds in this process (0 with `--redis`, where Redis holds it).
+    pub history_bytes: usize,
     /// With `--redis`: whether Redis is usable, and its counters.
     pub redis: Option<(bool, crate::redis::Stats)>,
 }
@@ -171,6 +173,12 @@ impl Metrics {
             "Bytes queued for all connections together.",
             gauges.output_bytes as u64,
         );
+        series(
+            "wshub_history_bytes",
+            "gauge",
+            "Bytes room history holds in this process: kept messages and their rooms.",
+            gauges.history_bytes as u64,
+        );
         if let Some((up, redis)) = gauges.redis {
             series(
                 "wshub_redis_up",
@@ -242,6 +250,7 @@ mod tests {
             rooms: 1,
             users: 2,
             output_bytes: 640,
+            history_bytes: 4096,
             redis: Some((
                 true,
                 crate::redis::Stats {
@@ -257,6 +266,7 @@ mod tests {
             "wshub_rooms 1",
             "wshub_users 2",
             "wshub_output_buffered_bytes 640",
+            "wshub_history_bytes 4096",
             "wshub_handshake_failures_total{reason=\"forbidden\"} 1",
             "wshub_handshake_failures_total{reason=\"malformed\"} 1",
             "wshub_slow_consumer_disconnects_total 0",

@@ -15,7 +15,7 @@ mod common;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::OnceLock;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use proptest::collection::{hash_map, vec};
 use proptest::prelude::*;
@@ -24,6 +24,7 @@ use serde_json::value::RawValue;
 use wshub::assets::Assets;
 use wshub::auth::JwtVerifier;
 use wshub::events::{self, Context, Control, Delivery};
+use wshub::history::History;
 use wshub::http::request::{Limits, RequestReader};
 use wshub::http::upgrade::Policy;
 use wshub::http::{Request, Route, RouteContext, route};
@@ -344,11 +345,17 @@ fn field<'a>(fields: &'a [(String, Box<RawValue>)], name: &str) -> Option<&'a st
         .map(|(_, value)| value.get())
 }
 
+/// Room history as the decoder runs with it: on, small enough to trim.
+fn history() -> History {
+    History::new(3, Duration::from_secs(60), 1)
+}
+
 /// Handles `text` from [`SENDER`] and checks what every frame must produce.
-fn check_event(hub: &mut Hub, text: &str) -> Vec<Delivery> {
+fn check_event(hub: &mut Hub, history: &mut History, text: &str) -> Vec<Delivery> {
     let ctx = Context {
         conn: SENDER,
         now_ms: 1_700_000_000_000,
+        now: Instant::now(),
         may_join: &allow_all_but_secret,
         may_reach_everyone: true,
         max_message_size: MAX_EVENT,
@@ -359,7 +366,7 @@ fn check_event(hub: &mut Hub, text: &str) -> Vec<Delivery> {
         hub_wide: false,
     };
     let mut out = Vec::new();
-    events::handle(hub, &ctx, text, &mut out, &mut Vec::new());
+    events::handle(hub, history, &ctx, text, &mut out, &mut Vec::new());
     assert!(!out.is_empty(), "no reply and no delivery for {text:?}");
     let is_object = fields(text).is_some();
     for delivery in &out {
@@ -468,8 +475,13 @@ fn generated_event() -> impl Strategy<Value = String> {
         prop::option::of(name_like(users)),
         prop::option::of(json_value()),
         prop::option::of(prop_oneof![json_value(), "x{0,600}".prop_map(Value::from)]),
+        prop::option::of(prop_oneof![
+            json_value(),
+            (0..8u64)
+                .prop_map(|offset| serde_json::json!({"epoch": "00000001-1", "offset": offset})),
+        ]),
     )
-        .prop_map(|(event, room, to, id, data)| {
+        .prop_map(|(event, room, to, id, data, since)| {
             let mut object = serde_json::Map::new();
             for (key, value) in [
                 ("event", event),
@@ -477,6 +489,7 @@ fn generated_event() -> impl Strategy<Value = String> {
                 ("to", to),
                 ("id", id),
                 ("data", data),
+                ("since", since),
             ] {
                 if let Some(value) = value {
                     object.insert(key.to_owned(), value);
@@ -490,6 +503,7 @@ const EVENT_TEMPLATES: &[&str] = &[
     r#"{"event":"ping","id":1}"#,
     r#"{"event":"join","room":"lobby","id":"j"}"#,
     r#"{"event":"join","room":"team-a"}"#,
+    r#"{"event":"join","room":"lobby","since":{"epoch":"00000001-1","offset":1}}"#,
     r#"{"event":"quit","room":"lobby","id":[1,{"a":null}]}"#,
     r#"{"event":"message","room":"lobby","data":{"text":"hi ✓"}}"#,
     r#"{"event":"message","data":[1,2,3],"id":null}"#,
@@ -528,7 +542,7 @@ proptest! {
     #[test]
     fn arbitrary_strings_get_exactly_one_error_reply(text in "\\PC{0,64}|.{0,64}") {
         let mut hub = hub();
-        check_event(&mut hub, &text);
+        check_event(&mut hub, &mut history(), &text);
         check_hub(&hub, &["lobby"]);
     }
 
@@ -537,10 +551,11 @@ proptest! {
         templates in vec((any::<prop::sample::Index>(), mutations()), 1..8),
     ) {
         let mut hub = hub();
+        let mut history = history();
         for (which, mutations) in templates {
             let base = which.get(EVENT_TEMPLATES).as_bytes();
             let text = String::from_utf8_lossy(&mutate(base, &mutations, JSON_DICTIONARY)).into_owned();
-            check_event(&mut hub, &text);
+            check_event(&mut hub, &mut history, &text);
         }
         check_hub(&hub, &["lobby", "team-a", "empty"]);
     }
@@ -548,8 +563,9 @@ proptest! {
     #[test]
     fn generated_events_keep_the_hub_consistent(texts in vec(generated_event(), 1..12)) {
         let mut hub = hub();
+        let mut history = history();
         for text in &texts {
-            check_event(&mut hub, text);
+            check_event(&mut hub, &mut history, text);
         }
         check_hub(&hub, &["lobby", "team-a", "secret", "empty"]);
         prop_assert!(!hub.room_members("secret").contains(&SENDER), "may_join was ignored");
@@ -557,8 +573,10 @@ proptest! {
 
     #[test]
     fn publish_bodies_never_panic(body in prop_oneof![generated_event(), "\\PC{0,40}"]) {
-        match events::publish(1_700_000_000_000, MAX_EVENT, &body) {
-            Ok(delivery) => prop_assert!(fields(&delivery.json).is_some(), "{}", delivery.json),
+        let published =
+            events::publish(&mut history(), Instant::now(), 1_700_000_000_000, MAX_EVENT, false, &body);
+        match published {
+            Ok((delivery, _)) => prop_assert!(fields(&delivery.json).is_some(), "{}", delivery.json),
             Err(failure) => prop_assert!(matches!(failure.code, 400 | 413), "{failure:?}"),
         }
     }

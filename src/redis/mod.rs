@@ -37,6 +37,7 @@ pub use url::{RedisUrl, parse_redis_url};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use crate::history::Position;
 use crate::hub::Target;
 use envelope::Kind;
 use resp::Reply;
@@ -59,7 +60,9 @@ const MAX_INPUT: usize = 64 << 20;
 const MAX_OUTPUT: usize = 64 << 20;
 
 /// The Lua shared by the scripts, and the scripts.
+const HISTORY_LUA: &str = include_str!("history.lua");
 const PRESENCE_LUA: &str = include_str!("presence.lua");
+const PUBLISH_LUA: &str = include_str!("publish.lua");
 const APPLY_LUA: &str = include_str!("apply.lua");
 const SYNC_LUA: &str = include_str!("sync.lua");
 const HEARTBEAT_LUA: &str = include_str!("heartbeat.lua");
@@ -82,6 +85,11 @@ pub struct Settings {
     pub password: Option<String>,
     /// From the URL: `SELECT` when not 0.
     pub db: u32,
+    /// `--history-size`: room messages kept in Redis per room (SPEC §11); 0 turns history
+    /// off (room messages are then published as they are, unnumbered).
+    pub history_size: usize,
+    /// `--history-ttl`.
+    pub history_ttl: Duration,
 }
 
 /// One of the two Redis connections.
@@ -120,11 +128,27 @@ pub enum Event {
     Reaped(String),
 }
 
+/// The hub-wide answer to a join, read at the join's place in the room's order.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Joined {
+    /// The room's distinct users.
+    pub count: usize,
+    /// With history: the room's epoch and last offset.
+    pub position: Option<Position>,
+    /// Only for a join with `since`: whether the messages after it are all in `replay`.
+    pub recovered: Option<bool>,
+    /// The messages after `since`, oldest first, exactly as their recipients got them: sent
+    /// to the joining connection right after its reply, before the room's next event.
+    pub replay: Vec<Vec<u8>>,
+}
+
 /// The hub-wide answer to a request.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Answer {
-    /// The room's distinct users, after a join.
-    Count(usize),
+    /// A join's count and, with history, position and replay.
+    Joined(Joined),
+    /// A numbered room message's offset and its room's epoch.
+    Numbered(Position),
     /// Who is online (in a room or anywhere), and with how many connections.
     Online {
         connections: usize,
@@ -231,6 +255,8 @@ struct Published {
     bytes: Vec<u8>,
     payload: usize,
     waiter: Option<u64>,
+    /// A room message with history on: the publish script numbers and keeps it.
+    numbered: bool,
 }
 
 /// A command sent, waiting for its reply.
@@ -238,6 +264,7 @@ struct Published {
 enum Expect {
     Handshake,
     Publish(Option<u64>),
+    Numbered(Option<u64>),
     Changes,
     Online(u64),
     Register,
@@ -292,6 +319,7 @@ pub struct Cluster {
 }
 
 struct Scripts {
+    publish: (String, String),
     apply: (String, String),
     sync: (String, String),
     heartbeat: (String, String),
@@ -302,11 +330,12 @@ struct Scripts {
 impl Scripts {
     fn new() -> Self {
         let script = |body: &str| {
-            let text = format!("{PRESENCE_LUA}\n{body}");
+            let text = format!("{HISTORY_LUA}\n{PRESENCE_LUA}\n{body}");
             let sha = sha1_hex(text.as_bytes());
             (text, sha)
         };
         Scripts {
+            publish: script(PUBLISH_LUA),
             apply: script(APPLY_LUA),
             sync: script(SYNC_LUA),
             heartbeat: script(HEARTBEAT_LUA),
@@ -315,8 +344,9 @@ impl Scripts {
         }
     }
 
-    fn all(&self) -> [&(String, String); 5] {
+    fn all(&self) -> [&(String, String); 6] {
         [
+            &self.publish,
             &self.apply,
             &self.sync,
             &self.heartbeat,
@@ -342,8 +372,22 @@ fn member(room: &str, user: &str) -> String {
     format!("m\0{room}\0{user}")
 }
 /// Not a contribution: the apply script publishes a join's marker (value: its waiter).
-fn joined_marker(room: &str) -> String {
-    format!("j\0{room}")
+/// A join's marker (see `presence.lua`): the history TTL in ms (empty with history off),
+/// then `since`'s offset and epoch (empty without since), then the room.
+fn joined_marker(room: &str, history_ttl: Option<Duration>, since: Option<(&str, u64)>) -> String {
+    let ttl = history_ttl.map_or(String::new(), |ttl| ttl.as_millis().to_string());
+    let (epoch, offset) = match since {
+        // An epoch this hub never makes cannot match: sent empty, it matches no room.
+        Some((epoch, offset)) => {
+            let plausible = epoch.len() <= 64
+                && epoch
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            (if plausible { epoch } else { "" }, offset.to_string())
+        }
+        None => ("", String::new()),
+    };
+    format!("j\0{ttl}\0{offset}\0{epoch}\0{room}")
 }
 fn online_user(user: &str) -> String {
     format!("u\0{user}")
@@ -631,6 +675,8 @@ impl Cluster {
             self.stats.local_only += 1;
             return false;
         }
+        let numbered =
+            !binary && self.settings.history_size > 0 && matches!(target, Target::Room(_));
         self.seq += 1;
         let mut bytes = Vec::with_capacity(self.settings.instance.len() + 24 + payload.len());
         envelope::header(&mut bytes, &self.settings.instance, self.seq, binary);
@@ -644,6 +690,7 @@ impl Cluster {
             bytes,
             payload: start,
             waiter,
+            numbered,
         }));
         true
     }
@@ -693,12 +740,16 @@ impl Cluster {
     /// the join's place in the room's order (the script publishes a marker on the room's
     /// channel right after the join): every event of the room before the answer preceded the
     /// join, every one after it followed.
+    /// With history, the marker also carries the room's position and, for a join with
+    /// `since` (epoch, offset), the messages the client missed, so they reach it exactly at
+    /// that place too.
     pub fn joined(
         &mut self,
         room: &str,
         user: &str,
         new_member: bool,
         first_for_user: bool,
+        since: Option<(&str, u64)>,
         waiter: u64,
     ) {
         if !self.routes() {
@@ -710,7 +761,8 @@ impl Cluster {
         if first_for_user {
             changes.push((member(room, user), 1));
         }
-        changes.push((joined_marker(room), waiter as i64));
+        let history_ttl = (self.settings.history_size > 0).then_some(self.settings.history_ttl);
+        changes.push((joined_marker(room, history_ttl, since), waiter as i64));
         self.joining.push(waiter);
         self.changes(changes, vec![channel]);
     }
@@ -901,12 +953,32 @@ impl Cluster {
         match entry {
             Entry::Publish(published) => {
                 self.stats.published += 1;
-                let expect = Expect::Publish(published.waiter);
-                self.command(
-                    now,
-                    expect,
-                    &[b"PUBLISH", published.channel.as_bytes(), &published.bytes],
-                );
+                let (header, event) = published.bytes.split_at(published.payload);
+                match &published.target {
+                    Target::Room(room) if published.numbered => {
+                        let size = self.settings.history_size.to_string();
+                        let ttl = self.settings.history_ttl.as_millis().to_string();
+                        let args: [&[u8]; 9] = [
+                            b"EVALSHA",
+                            self.scripts.publish.1.as_bytes(),
+                            b"0",
+                            self.settings.prefix.as_bytes(),
+                            room.as_bytes(),
+                            header,
+                            event,
+                            size.as_bytes(),
+                            ttl.as_bytes(),
+                        ];
+                        resp::encode(&mut self.wires[Link::Commands as usize].out, &args);
+                        self.expect
+                            .push_back((now, Expect::Numbered(published.waiter)));
+                    }
+                    _ => self.command(
+                        now,
+                        Expect::Publish(published.waiter),
+                        &[b"PUBLISH", published.channel.as_bytes(), &published.bytes],
+                    ),
+                }
                 if self
                     .channels
                     .get(&published.channel)
@@ -994,6 +1066,23 @@ impl Cluster {
                 let receivers = resp::integer(&reply).ok_or("PUBLISH answered no integer")?;
                 if let Some(waiter) = waiter {
                     self.answer(waiter, Answer::Reached(receivers > 0));
+                }
+            }
+            Expect::Numbered(waiter) => {
+                let Reply::Array(results) = reply else {
+                    return Err("the publish script answered no array".into());
+                };
+                let offset = results.get(1).and_then(resp::integer);
+                let epoch = results.get(2).and_then(resp::bytes);
+                let (Some(offset), Some(epoch)) = (offset, epoch) else {
+                    return Err("the publish script answered no position".into());
+                };
+                if let Some(waiter) = waiter {
+                    let position = Position {
+                        epoch: String::from_utf8_lossy(epoch).into_owned(),
+                        offset: u64::try_from(offset).unwrap_or(0),
+                    };
+                    self.answer(waiter, Answer::Numbered(position));
                 }
             }
             Expect::Changes => {
@@ -1154,18 +1243,24 @@ impl Cluster {
         });
     }
 
-    /// This instance's join marker came back: answer the join with the room's count then.
-    fn on_joined(&mut self, waiter: Option<&str>, count: &[u8]) {
+    /// This instance's join marker came back: answer the join with what it carries (see
+    /// `presence.lua`) then, at the join's place in the room's order.
+    fn on_joined(&mut self, waiter: Option<&str>, marker: &[u8]) {
         let waiter = waiter.and_then(|w| w.parse::<u64>().ok());
         let Some(index) = waiter.and_then(|w| self.joining.iter().position(|&j| j == w)) else {
             return;
         };
         let waiter = self.joining.swap_remove(index);
-        let count = std::str::from_utf8(count)
-            .ok()
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        self.answer(waiter, Answer::Count(count));
+        let joined = read_marker(marker).unwrap_or_else(|| {
+            self.stats.errors += 1;
+            Joined {
+                count: 0,
+                position: None,
+                recovered: Some(false),
+                replay: Vec::new(),
+            }
+        });
+        self.answer(waiter, Answer::Joined(joined));
     }
 
     fn answer(&mut self, waiter: u64, answer: Answer) {
@@ -1188,9 +1283,9 @@ impl Cluster {
         }
         for (_, expect) in std::mem::take(&mut self.expect) {
             match expect {
-                Expect::Publish(Some(waiter)) | Expect::Online(waiter) => {
-                    self.answer(waiter, Answer::Failed)
-                }
+                Expect::Publish(Some(waiter))
+                | Expect::Numbered(Some(waiter))
+                | Expect::Online(waiter) => self.answer(waiter, Answer::Failed),
                 _ => {}
             }
         }
@@ -1251,6 +1346,44 @@ impl Cluster {
         let x = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D);
         (x >> 11) as f64 / (1u64 << 53) as f64
     }
+}
+
+/// Reads a join marker's payload: `COUNT[ EPOCH LAST[ 1|0]]\n` then each replayed event as
+/// `LENGTH\nEVENT`; `None` when it is not one.
+fn read_marker(marker: &[u8]) -> Option<Joined> {
+    let end = marker.iter().position(|&b| b == b'\n')?;
+    let head = std::str::from_utf8(&marker[..end]).ok()?;
+    let mut fields = head.split(' ');
+    let count = fields.next()?.parse().ok()?;
+    let position = match (fields.next(), fields.next()) {
+        (Some(epoch), Some(offset)) => Some(Position {
+            epoch: epoch.to_owned(),
+            offset: offset.parse().ok()?,
+        }),
+        (None, None) => None,
+        _ => return None,
+    };
+    let recovered = match fields.next() {
+        Some("1") => Some(true),
+        Some("0") => Some(false),
+        None => None,
+        Some(_) => return None,
+    };
+    let mut replay = Vec::new();
+    let mut rest = &marker[end + 1..];
+    while !rest.is_empty() {
+        let line = rest.iter().position(|&b| b == b'\n')?;
+        let length: usize = std::str::from_utf8(&rest[..line]).ok()?.parse().ok()?;
+        let event = rest.get(line + 1..line + 1 + length)?;
+        replay.push(event.to_vec());
+        rest = &rest[line + 1 + length..];
+    }
+    Some(Joined {
+        count,
+        position,
+        recovered,
+        replay,
+    })
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@ fn settings() -> Settings {
         username: None,
         password: Some("pw".into()),
         db: 2,
+        history_size: 0,
+        history_ttl: Duration::from_secs(60),
     }
 }
 
@@ -65,7 +67,7 @@ fn ack(kind: &str, channel: &str) -> String {
 /// link; AUTH, SELECT and the subscriptions to `channels` on the other).
 fn answer_handshake(cluster: &mut Cluster, channels: &[String], now: Instant) {
     let mut replies = String::from("+OK\r\n+OK\r\n");
-    for _ in 0..5 {
+    for _ in 0..6 {
         replies += &bulk(&"0".repeat(40));
     }
     cluster.receive(Link::Commands, replies.as_bytes(), now);
@@ -98,7 +100,7 @@ fn up_with(snapshot: Snapshot) -> (Cluster, Instant) {
     let handshake = sent(&mut cluster, Link::Commands);
     assert_eq!(handshake[0], ["AUTH", "pw"]);
     assert_eq!(handshake[1], ["SELECT", "2"]);
-    assert_eq!(handshake.len(), 7, "AUTH, SELECT and five SCRIPT LOADs");
+    assert_eq!(handshake.len(), 8, "AUTH, SELECT and six SCRIPT LOADs");
     assert!(handshake[2..].iter().all(|c| c[..2] == ["SCRIPT", "LOAD"]));
     assert_eq!(sent(&mut cluster, Link::Subscriptions).len(), 2);
     assert!(cluster.routes() && !cluster.is_up());
@@ -270,7 +272,7 @@ fn other_instances_events_and_presence_reach_their_audience() {
 #[test]
 fn a_join_waits_for_its_subscription_and_publishes_after_it_stay_in_order() {
     let (mut cluster, now) = up();
-    cluster.joined("lobby", "ann", true, true, 41);
+    cluster.joined("lobby", "ann", true, true, None, 41);
     assert!(cluster.publish(&Target::Room("lobby".into()), false, b"hi", None));
     assert!(cluster.publish(&Target::All, false, b"later", None));
     cluster.flush(now);
@@ -293,7 +295,14 @@ fn a_join_waits_for_its_subscription_and_publishes_after_it_stay_in_order() {
     assert_eq!(commands[0][0], "EVALSHA");
     assert_eq!(
         commands[0][6..],
-        ["c\0lobby", "1", "m\0lobby\0ann", "1", "j\0lobby", "41"]
+        [
+            "c\0lobby",
+            "1",
+            "m\0lobby\0ann",
+            "1",
+            "j\0\0\0\0lobby",
+            "41"
+        ]
     );
     assert_eq!(commands[1][..2], ["PUBLISH", "wshub:r:lobby"]);
     assert_eq!(commands[2][..2], ["PUBLISH", "wshub:all"]);
@@ -305,8 +314,8 @@ fn a_join_waits_for_its_subscription_and_publishes_after_it_stay_in_order() {
     // The join is answered at its place in the room's order: after an event published before
     // it, before one published after it. Another instance's marker is not ours.
     let pushes = message("wshub:r:lobby", "i2 5 t\nbefore")
-        + &message("wshub:r:lobby", "i2 0 j\n41\n7")
-        + &message("wshub:r:lobby", "i1 0 j\n41\n3")
+        + &message("wshub:r:lobby", "i2 0 j\n41\n7\n")
+        + &message("wshub:r:lobby", "i1 0 j\n41\n3\n")
         + &message("wshub:r:lobby", "i2 6 t\nafter");
     cluster.receive(Link::Subscriptions, pushes.as_bytes(), now);
     let happened: Vec<String> = events(&mut cluster)
@@ -317,14 +326,21 @@ fn a_join_waits_for_its_subscription_and_publishes_after_it_stay_in_order() {
             other => panic!("{other:?}"),
         })
         .collect();
-    assert_eq!(happened, ["before", "41: Count(3)", "after"]);
+    assert_eq!(
+        happened,
+        [
+            "before",
+            "41: Joined(Joined { count: 3, position: None, recovered: None, replay: [] })",
+            "after"
+        ]
+    );
 }
 
 #[test]
 fn changes_in_one_turn_are_one_script_call_and_the_last_member_unsubscribes() {
     let (mut cluster, now) = up();
     cluster.connected_user("ann", true);
-    cluster.joined("lobby", "ann", true, true, 1);
+    cluster.joined("lobby", "ann", true, true, None, 1);
     cluster.flush(now);
     let subscribe = sent(&mut cluster, Link::Subscriptions);
     assert_eq!(subscribe, [["SUBSCRIBE", "wshub:u:ann", "wshub:r:lobby"]]);
@@ -353,7 +369,7 @@ fn changes_in_one_turn_are_one_script_call_and_the_last_member_unsubscribes() {
             "1",
             "m\0lobby\0ann",
             "1",
-            "j\0lobby",
+            "j\0\0\0\0lobby",
             "1"
         ]
     );
@@ -381,7 +397,7 @@ fn changes_in_one_turn_are_one_script_call_and_the_last_member_unsubscribes() {
 fn wanting_a_channel_again_before_the_flush_sends_nothing() {
     let (mut cluster, now) = up_with(ann_in("lobby"));
     cluster.quit("lobby", "ann", true, true);
-    cluster.joined("lobby", "ann", true, true, 5);
+    cluster.joined("lobby", "ann", true, true, None, 5);
     cluster.flush(now);
     assert!(sent(&mut cluster, Link::Subscriptions).is_empty());
     assert_eq!(
@@ -398,7 +414,7 @@ fn a_lost_connection_delivers_locally_what_did_not_come_back_and_answers_every_w
     cluster.flush(now);
     cluster.publish(&Target::Room("lobby".into()), false, b"queued", None);
     cluster.online(None, 8);
-    cluster.joined("lobby", "ann", false, false, 12);
+    cluster.joined("lobby", "ann", false, false, None, 12);
     cluster.flush(now);
     cluster.closed(Link::Subscriptions, now);
     let happened = events(&mut cluster);
@@ -571,7 +587,7 @@ fn garbage_errors_and_silence_fail_the_connection_without_panicking() {
 
     // A subscription Redis never confirms times out like a command.
     let (mut cluster, now) = up();
-    cluster.joined("lobby", "ann", true, true, 9);
+    cluster.joined("lobby", "ann", true, true, None, 9);
     cluster.flush(now);
     cluster.handle_timeout(now + REPLY_TIMEOUT);
     assert_eq!(events(&mut cluster)[0], Event::Disconnect);

@@ -13,14 +13,15 @@ use log::{debug, warn};
 
 use super::Server;
 use super::fanout::unix_ms;
-use super::redis::online_response;
+use super::redis::{ApiAnswer, online_response};
 use crate::events;
 use crate::frame::OpCode;
+use crate::history::Position;
 use crate::http::request::Limits;
 use crate::http::route::{self, json_error};
 use crate::http::upgrade::{Claim, Policy, anonymous_id, switching_protocols};
 use crate::http::{Response, Route, RouteContext, Upgrade};
-use crate::hub::ConnId;
+use crate::hub::{ConnId, Target};
 use crate::metrics::{Gauges, HandshakeFailure};
 use crate::netaddr;
 use crate::ratelimit::TokenBucket;
@@ -117,7 +118,19 @@ impl Server {
                     }
                     self.api_online(room.as_deref())
                 }
-                Route::ApiPublish => self.api_publish(&body),
+                Route::ApiPublish => {
+                    let keep_alive = request.keep_alive();
+                    let head = request.method == "HEAD";
+                    match self.api_publish(id, &body, keep_alive, head) {
+                        Some(response) => response,
+                        None => {
+                            if let Some(conn) = self.table.get_mut(id) {
+                                conn.pause_reading();
+                            }
+                            return;
+                        }
+                    }
+                }
                 Route::Metrics => Response::new(
                     200,
                     "text/plain; version=0.0.4; charset=utf-8",
@@ -168,25 +181,49 @@ impl Server {
         online_response(room, self.local_users(room), self.local_connections(room))
     }
 
-    /// `POST /api/publish`: delivers the body's message like a client's, without `from`.
-    fn api_publish(&mut self, body: &[u8]) -> Response {
+    /// `POST /api/publish`: delivers the body's message like a client's, without `from`. A
+    /// room message's answer carries its offset and epoch; through Redis (which numbers it)
+    /// that answer waits for Redis, and `None` says so: the connection is answered later.
+    fn api_publish(
+        &mut self,
+        id: ConnId,
+        body: &[u8],
+        keep_alive: bool,
+        head: bool,
+    ) -> Option<Response> {
         let Ok(body) = std::str::from_utf8(body) else {
-            return json_error(400, "body must be UTF-8 JSON");
+            return Some(json_error(400, "body must be UTF-8 JSON"));
         };
-        match events::publish(unix_ms(), self.config.max_message_size, body) {
-            Ok(delivery) => {
-                // Through Redis, the answer counts this instance's connections the event is
-                // for now; it is delivered to them when it comes back.
-                let delivered = self
-                    .relay(&delivery.target, OpCode::Text, delivery.json.as_bytes())
-                    .unwrap_or_else(|| delivery.target.recipients(&self.hub).count() as u64);
-                Response::json(
-                    200,
-                    serde_json::json!({ "delivered": delivered }).to_string(),
-                )
+        let hub_wide = self.redis.as_ref().is_some_and(|r| r.routes());
+        let published = events::publish(
+            &mut self.history,
+            self.now,
+            unix_ms(),
+            self.config.max_message_size,
+            hub_wide,
+            body,
+        );
+        let (delivery, position) = match published {
+            Ok(published) => published,
+            Err(failure) => return Some(json_error(failure.code, failure.error)),
+        };
+        if hub_wide && self.history.is_on() && matches!(delivery.target, Target::Room(_)) {
+            // Through Redis, `delivered` counts this instance's connections the event is for
+            // now; it is delivered to them when it comes back.
+            let delivered = delivery.target.recipients(&self.hub).count() as u64;
+            let answer = ApiAnswer {
+                conn: id,
+                keep_alive,
+                head,
+            };
+            if self.ask_api_publish(&delivery, delivered, answer) {
+                return None;
             }
-            Err(failure) => json_error(failure.code, failure.error),
         }
+        let delivered = self
+            .relay(&delivery.target, OpCode::Text, delivery.json.as_bytes())
+            .unwrap_or_else(|| delivery.target.recipients(&self.hub).count() as u64);
+        Some(publish_response(delivered, position.as_ref()))
     }
 
     fn render_metrics(&self) -> String {
@@ -195,6 +232,7 @@ impl Server {
             rooms: self.hub.room_count(),
             users: self.hub.user_count(),
             output_bytes: self.table.output_bytes(),
+            history_bytes: self.history.bytes(),
             redis: self.redis.as_ref().map(|r| (r.is_up(), r.stats())),
         })
     }
@@ -303,4 +341,18 @@ pub(super) fn os_random() -> io::Result<[u8; 16]> {
             io::Error::other("getrandom returned fewer bytes than asked")
         });
     }
+}
+
+/// The answer to `POST /api/publish`: how many connections here took it, and for a room
+/// message with history, its offset and its room's epoch.
+pub(super) fn publish_response(delivered: u64, position: Option<&Position>) -> Response {
+    let body = match position {
+        Some(position) => serde_json::json!({
+            "delivered": delivered,
+            "offset": position.offset,
+            "epoch": position.epoch,
+        }),
+        None => serde_json::json!({ "delivered": delivered }),
+    };
+    Response::json(200, body.to_string())
 }

@@ -14,6 +14,7 @@
 //! - `liveness`: the timer wheel: pings, idle and write timeouts.
 //! - `shutdown`: signals and the graceful drain.
 //! - `memory`: giving the memory of a drained burst back to the system.
+//! - `history`: when room history sweeps what expired.
 //! - `redis`: the two Redis sockets (`--redis`), and what goes through Redis or waits for it.
 //!
 //! A turn: wait for readiness (or the next timer); read the ready connections and note WRITABLE;
@@ -24,6 +25,7 @@
 
 mod accept;
 mod fanout;
+mod history;
 mod http;
 mod input;
 mod liveness;
@@ -49,6 +51,7 @@ use crate::auth::JwtVerifier;
 use crate::config::Config;
 use crate::conn::Timeouts;
 use crate::events::{Ask, Delivery};
+use crate::history::History;
 use crate::hub::{ConnId, Hub};
 use crate::metrics::Metrics;
 use crate::peers::Peers;
@@ -108,6 +111,9 @@ pub struct Server {
     shutdown: Shutdown,
     /// The other instances of the hub, through Redis (`--redis`).
     redis: Option<Redis>,
+    /// Each room's last messages, for clients that reconnect (SPEC §11); kept in Redis
+    /// instead with `--redis`.
+    history: History,
     metrics: Metrics,
     /// The read buffer every connection is read into.
     scratch: Vec<u8>,
@@ -156,6 +162,15 @@ impl Server {
             Some(url) => Some(redis::connect_later(url, &config, now)?),
             None => None,
         };
+        let history_size = config.history_size as usize;
+        let history = if redis.is_some() {
+            History::in_redis(history_size, config.history_ttl)
+        } else {
+            let random = http::os_random()?;
+            let mut seed = [0u8; 8];
+            seed.copy_from_slice(&random[..8]);
+            History::new(history_size, config.history_ttl, u64::from_le_bytes(seed))
+        };
         // Per-connection tables are sized for the connection limit up front: pages are only
         // touched as connections arrive, and none of them ever doubles (and holds twice the
         // memory) on the way up.
@@ -190,6 +205,7 @@ impl Server {
             liveness: Liveness::new(timeouts, capacity, now),
             shutdown: Shutdown::default(),
             redis,
+            history,
             metrics: Metrics::default(),
             scratch: vec![0; SCRATCH_SIZE],
             inbox: Vec::new(),
@@ -227,6 +243,7 @@ impl Server {
             self.read_unread(unread);
             self.accept_after_backoff();
             self.expire_timers();
+            self.expire_history();
             self.redis_turn();
             self.close_lagging();
             self.write_pass(&mut events);
@@ -257,6 +274,8 @@ impl Server {
             self.redis
                 .as_ref()
                 .map(|redis| redis.next_timeout().saturating_duration_since(now)),
+            self.history_timeout()
+                .map(|due| due.saturating_duration_since(now)),
         ]
         .into_iter()
         .flatten()

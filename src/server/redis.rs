@@ -20,13 +20,13 @@ use mio::{Interest, Token};
 use serde_json::value::RawValue;
 
 use super::Server;
-use super::http::os_random;
+use super::http::{os_random, publish_response};
 use crate::config::Config;
-use crate::events::{self, Ask};
+use crate::events::{self, Ask, Delivery};
 use crate::frame::OpCode;
 use crate::http::Response;
 use crate::hub::{ConnId, Target};
-use crate::redis::{Answer, Cluster, Event, Link, RedisUrl, Settings, Snapshot};
+use crate::redis::{Answer, Cluster, Event, Joined, Link, RedisUrl, Settings, Snapshot};
 
 /// The commands link's token; the subscriptions link's is one below.
 pub(super) const REDIS_COMMANDS: Token = Token(usize::MAX - 3);
@@ -36,11 +36,33 @@ pub(super) const REDIS_SUBSCRIPTIONS: Token = Token(usize::MAX - 4);
 /// cannot keep the loop from its clients (the rest is read on the next event or turn).
 const READ_BUDGET: usize = 1 << 20;
 
+/// An HTTP request whose answer waits for Redis: the connection answers nothing else
+/// meanwhile (it is paused), then answers as the request asked.
+pub(super) struct ApiAnswer {
+    pub(super) conn: ConnId,
+    pub(super) keep_alive: bool,
+    /// A `HEAD` request: the answer has no body.
+    pub(super) head: bool,
+}
+
+impl ApiAnswer {
+    fn respond(self, server: &mut Server, response: Response) {
+        let response = if self.keep_alive {
+            response
+        } else {
+            response.closing()
+        };
+        server.respond(self.conn, &response, !self.head);
+    }
+}
+
 /// A request waiting for Redis, and how to answer it.
 enum Waiting {
     Join {
         conn: ConnId,
         room: String,
+        /// The join had `since`: its reply says whether it recovered.
+        since: bool,
         id: Option<Box<RawValue>>,
     },
     Online {
@@ -53,13 +75,14 @@ enum Waiting {
         to: String,
         id: Option<Box<RawValue>>,
     },
-    /// `GET /api/online`: the connection answers nothing else until this is answered.
+    /// `GET /api/online`.
     ApiOnline {
-        conn: ConnId,
+        answer: ApiAnswer,
         room: Option<String>,
-        keep_alive: bool,
-        head: bool,
     },
+    /// `POST /api/publish` to a room, answered with the message's offset once Redis numbered
+    /// it; `delivered` counts this instance's connections it is for.
+    ApiPublish { answer: ApiAnswer, delivered: u64 },
 }
 
 impl Waiting {
@@ -67,8 +90,8 @@ impl Waiting {
         match self {
             Waiting::Join { conn, .. }
             | Waiting::Online { conn, .. }
-            | Waiting::Direct { conn, .. }
-            | Waiting::ApiOnline { conn, .. } => *conn,
+            | Waiting::Direct { conn, .. } => *conn,
+            Waiting::ApiOnline { answer, .. } | Waiting::ApiPublish { answer, .. } => answer.conn,
         }
     }
 }
@@ -137,10 +160,10 @@ impl Redis {
     /// Whether `conn` waits for an HTTP answer from Redis (it answers nothing else meanwhile).
     pub(super) fn holds_answer_for(&self, conn: ConnId) -> bool {
         !self.waiting.is_empty()
-            && self
-                .waiting
-                .values()
-                .any(|w| matches!(w, Waiting::ApiOnline { conn: c, .. } if *c == conn))
+            && self.waiting.values().any(|w| {
+                matches!(w, Waiting::ApiOnline { .. } | Waiting::ApiPublish { .. })
+                    && w.conn() == conn
+            })
     }
 
     /// Drops what waits for a connection that is gone: its slot may be reused.
@@ -216,6 +239,8 @@ pub(super) fn connect_later(url: &RedisUrl, config: &Config, now: Instant) -> io
         username: url.username.clone(),
         password: url.password.clone(),
         db: url.db,
+        history_size: config.history_size as usize,
+        history_ttl: config.history_ttl,
     };
     Ok(Redis::new(
         url.clone(),
@@ -489,6 +514,7 @@ impl Server {
             match ask {
                 Ask::Join {
                     room,
+                    since,
                     new_member,
                     first_for_user,
                     id,
@@ -496,14 +522,16 @@ impl Server {
                     let waiter = redis.wait(Waiting::Join {
                         conn,
                         room: room.clone(),
+                        since: since.is_some(),
                         id,
                     });
                     if new_member {
                         redis.joining.entry(room.clone()).or_default().push(conn);
                     }
+                    let since = since.as_ref().map(|s| (s.epoch.as_str(), s.offset));
                     redis
                         .cluster
-                        .joined(&room, &user, new_member, first_for_user, waiter);
+                        .joined(&room, &user, new_member, first_for_user, since, waiter);
                 }
                 Ask::Quit {
                     room,
@@ -546,13 +574,42 @@ impl Server {
         let Some(redis) = self.redis.as_mut().filter(|r| r.routes()) else {
             return false;
         };
-        let waiter = redis.wait(Waiting::ApiOnline {
+        let answer = ApiAnswer {
             conn,
-            room: room.clone(),
             keep_alive,
             head,
+        };
+        let waiter = redis.wait(Waiting::ApiOnline {
+            answer,
+            room: room.clone(),
         });
         redis.cluster.online(room.as_deref(), waiter);
+        self.redis_flush();
+        true
+    }
+
+    /// Starts `POST /api/publish` of a room message through Redis, which numbers it: the
+    /// answer (with its offset) waits for Redis. False when Redis is not routing (publish and
+    /// answer locally).
+    pub(super) fn ask_api_publish(
+        &mut self,
+        delivery: &Delivery,
+        delivered: u64,
+        answer: ApiAnswer,
+    ) -> bool {
+        let Some(redis) = self.redis.as_mut().filter(|r| r.routes()) else {
+            return false;
+        };
+        let waiter = redis.wait(Waiting::ApiPublish { answer, delivered });
+        if !redis.cluster.publish(
+            &delivery.target,
+            false,
+            delivery.json.as_bytes(),
+            Some(waiter),
+        ) {
+            redis.waiting.remove(&waiter);
+            return false;
+        }
         self.redis_flush();
         true
     }
@@ -587,15 +644,42 @@ impl Server {
             return;
         };
         let reply = match waiting {
-            Waiting::Join { conn, room, id } => {
+            Waiting::Join {
+                conn,
+                room,
+                since,
+                id,
+            } => {
                 if let Some(redis) = &mut self.redis {
                     redis.joined(&room, conn);
                 }
-                let count = match answer {
-                    Answer::Count(count) => count,
-                    _ => self.hub.room_user_count(&room),
+                let joined = match answer {
+                    Answer::Joined(joined) => joined,
+                    _ => Joined {
+                        count: self.hub.room_user_count(&room),
+                        position: None,
+                        recovered: None,
+                        replay: Vec::new(),
+                    },
                 };
-                events::join_reply(conn, &room, id.as_deref(), count)
+                let recovered = since.then_some(joined.recovered == Some(true));
+                let reply = events::join_reply(
+                    conn,
+                    &room,
+                    id.as_deref(),
+                    joined.count,
+                    joined.position.as_ref(),
+                    recovered,
+                );
+                if let Some(reply) = reply {
+                    self.fan_out(&reply.target, OpCode::Text, reply.json.as_bytes());
+                }
+                // What the client missed, right after the reply and before the room's next
+                // event (which Redis ordered after the marker that brought this).
+                for event in joined.replay {
+                    self.fan_out(&Target::Conn(conn), OpCode::Text, &event);
+                }
+                return;
             }
             Waiting::Online { conn, room, id } => match answer {
                 Answer::Online { users, .. } => {
@@ -613,12 +697,7 @@ impl Server {
                 };
                 events::direct_reply(conn, id.as_deref(), reached)
             }
-            Waiting::ApiOnline {
-                conn,
-                room,
-                keep_alive,
-                head,
-            } => {
+            Waiting::ApiOnline { answer: api, room } => {
                 let (users, connections) = match answer {
                     Answer::Online { connections, users } => (users, connections),
                     _ => (
@@ -626,13 +705,18 @@ impl Server {
                         self.local_connections(room.as_deref()),
                     ),
                 };
-                let response = online_response(room.as_deref(), users, connections);
-                let response = if keep_alive {
-                    response
-                } else {
-                    response.closing()
+                api.respond(self, online_response(room.as_deref(), users, connections));
+                return;
+            }
+            Waiting::ApiPublish {
+                answer: api,
+                delivered,
+            } => {
+                let position = match answer {
+                    Answer::Numbered(position) => Some(position),
+                    _ => None,
                 };
-                self.respond(conn, &response, !head);
+                api.respond(self, publish_response(delivered, position.as_ref()));
                 return;
             }
         };

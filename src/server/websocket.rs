@@ -81,6 +81,7 @@ impl Server {
                 let ctx = events::Context {
                     conn: id,
                     now_ms: unix_ms(),
+                    now: self.now,
                     may_join: &|room| session.may_join(room),
                     may_reach_everyone: session.may_reach_everyone(),
                     max_message_size: self.config.max_message_size,
@@ -95,6 +96,7 @@ impl Server {
                 };
                 events::handle(
                     &mut self.hub,
+                    &mut self.history,
                     &ctx,
                     text,
                     &mut self.deliveries,
