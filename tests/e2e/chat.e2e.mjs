@@ -253,9 +253,19 @@ async function restart(server) {
 /** Page errors from every tab; any of them fails the run at the end. */
 const pageErrors = [];
 
+/** page → the JSON frames its WebSockets sent and received, parsed, in order. */
+const wire = new WeakMap();
+
 async function openChat(context, base, urlPath = '/') {
   const page = await context.newPage();
   page.on('pageerror', (err) => pageErrors.push(`${page.url()}: ${err.message}`));
+  const frames = { sent: [], received: [] };
+  const parse = (payload) => { try { return JSON.parse(payload); } catch { return payload; } };
+  page.on('websocket', (ws) => {
+    ws.on('framesent', ({ payload }) => frames.sent.push(parse(payload)));
+    ws.on('framereceived', ({ payload }) => frames.received.push(parse(payload)));
+  });
+  wire.set(page, frames);
   await page.goto(base + urlPath, { waitUntil: 'domcontentloaded' });
   await waitOnline(page);
   return page;
@@ -497,6 +507,29 @@ async function run(cleanup) {
 
   await recoveryStory(context, cleanup);
 
+  await step('with --history-size 0 the page sends no since after a restart and marks no gap', async () => {
+    const server = new WshubProcess(WSHUB_BIN, await freePort(), ['--history-size', '0']);
+    cleanup.others.push(server);
+    await server.start();
+    const ivan = await openChat(context, server.base, '/?user=ivan');
+    await joinRoom(ivan, 'e2e-no-history');
+    await sendMessage(ivan, 'no offsets here');
+    await waitForMessage(ivan, 'no offsets here');
+    await server.stop();
+    await restart(server);
+    await ivan.locator('#rooms li[data-room="e2e-no-history"][data-joined="true"]').waitFor({ timeout: RECONNECT_TIMEOUT_MS });
+    await sendMessage(ivan, 'still chatting');
+    await waitForMessage(ivan, 'still chatting');
+    const frames = wire.get(ivan);
+    const message = frames.received.find((f) => f?.event === 'message' && f.data?.text === 'no offsets here');
+    assert(message && !('offset' in message), `history off, yet ${JSON.stringify(message)}`);
+    const joins = frames.sent.filter((f) => f?.event === 'join');
+    assert(joins.length >= 4 && joins.every((f) => !('since' in f)), `joins sent: ${JSON.stringify(joins)}`);
+    assert(await ivan.locator('#log li.gap').count() === 0, 'a gap marker without history');
+    await ivan.close();
+    await server.stop();
+  });
+
   await step('no uncaught errors in any page', async () => {
     assert(pageErrors.length === 0, pageErrors.join('; '));
   });
@@ -571,6 +604,13 @@ async function recoveryStory(context, cleanup) {
       assertSameSequence(who, await messageTexts(page), expected);
       const gaps = await page.locator('#log li.gap').count();
       assert(gaps === 0, `${who} shows ${gaps} gap marker(s) although recovery was possible`);
+      // And it was recovery: the rejoin asked for what came after its position, and got it.
+      const frames = wire.get(page);
+      const rejoin = frames.sent.filter((f) => f?.event === 'join' && f.room === RECOVERY_ROOM).at(-1);
+      assert(typeof rejoin?.since?.epoch === 'string' && Number.isInteger(rejoin.since.offset),
+        `${who} rejoined with ${JSON.stringify(rejoin)}, expected a since`);
+      const reply = frames.received.find((f) => f?.event === 'join' && f.id === rejoin.id);
+      assert(reply?.data?.recovered === true, `${who}'s rejoin was answered ${JSON.stringify(reply)}`);
     }
     chat.push(...published);
   });
@@ -579,8 +619,13 @@ async function recoveryStory(context, cleanup) {
     const status = await server.stop();
     assert(status && status.code === 0, `wshub exited with ${status ? describeExit(status) : 'nothing'}`);
     await restart(server);
-    for (const page of [erin, frank]) {
+    for (const [who, page] of [['erin', erin], ['frank', frank]]) {
       await page.locator('#log li.gap').waitFor({ timeout: RECONNECT_TIMEOUT_MS });
+      const frames = wire.get(page);
+      const rejoin = frames.sent.filter((f) => f?.event === 'join' && f.room === RECOVERY_ROOM).at(-1);
+      const reply = frames.received.find((f) => f?.event === 'join' && f.id === rejoin?.id);
+      assert(rejoin?.since && reply?.data?.recovered === false,
+        `${who} rejoined with ${JSON.stringify(rejoin)}, answered ${JSON.stringify(reply)}`);
       await page.locator(`#rooms li[data-room="${RECOVERY_ROOM}"][data-joined="true"]`).waitFor({ timeout: RECONNECT_TIMEOUT_MS });
     }
     const text = 'erin: after the restart';
