@@ -38,6 +38,9 @@ pub struct History {
     /// Whether this instance keeps the messages: not with `--redis`, where Redis does, and
     /// while Redis is unreachable there is no history at all.
     here: bool,
+    /// Most bytes one replay may hold: a longer gap is not recovered (the client learns it
+    /// missed something) rather than queued past what the connection may buffer.
+    max_replay: usize,
     rooms: HashMap<Box<str>, Room>,
     /// What `rooms` holds on the heap, approximately, for `wshub_history_bytes`.
     bytes: usize,
@@ -95,11 +98,20 @@ impl History {
             size,
             ttl,
             here: true,
+            max_replay: usize::MAX,
             rooms: HashMap::new(),
             bytes: 0,
             epoch_prefix: format!("{:08x}", seed as u32),
             epochs: 0,
             next_sweep: None,
+        }
+    }
+
+    /// Bounds what one replay may hold (see [`History::after`]).
+    pub fn with_max_replay(self, bytes: usize) -> History {
+        History {
+            max_replay: bytes,
+            ..self
         }
     }
 
@@ -166,8 +178,9 @@ impl History {
     }
 
     /// Every message of `room` after `offset`, oldest first, when the client's `epoch` is the
-    /// room's and all of them are still kept (none trimmed by size or expired); `None` when
-    /// not, and a client then knows it may have missed something.
+    /// room's, all of them are still kept (none trimmed by size or expired) and together they
+    /// fit the replay bound; `None` when not, and a client then knows it may have missed
+    /// something.
     pub fn after(
         &self,
         room: &str,
@@ -187,6 +200,10 @@ impl History {
             .next()
             .is_some_and(|kept| now.saturating_duration_since(kept.at) >= self.ttl)
         {
+            return None;
+        }
+        let bytes: usize = missed.clone().map(|kept| kept.json.len()).sum();
+        if bytes > self.max_replay {
             return None;
         }
         Some(missed.map(|kept| &*kept.json))
@@ -386,6 +403,22 @@ mod tests {
             Some(vec![3, 4, 5])
         );
         assert!(history.after("a", &epoch, 1, now).is_none());
+        assert!(history.after("a", &epoch, 0, now).is_none());
+    }
+
+    #[test]
+    fn a_replay_past_its_bound_is_not_recovered() {
+        let mut history = History::new(100, TTL, 7).with_max_replay(60);
+        let now = Instant::now();
+        for _ in 0..3 {
+            send(&mut history, "a", now);
+        }
+        // Each message is 24 bytes: two fit in 60, three do not.
+        let epoch = history.position("a", now).unwrap().epoch;
+        assert_eq!(
+            offsets(history.after("a", &epoch, 1, now)),
+            Some(vec![2, 3])
+        );
         assert!(history.after("a", &epoch, 0, now).is_none());
     }
 

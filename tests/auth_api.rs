@@ -167,8 +167,14 @@ fn rooms_claim_limits_which_rooms_may_be_joined() {
             &json!({"event": "join", "room": room}).to_string(),
         );
         assert_eq!(
-            reply,
-            json!({"event": "join", "code": 0, "room": room, "data": {"count": 1}})
+            (
+                &reply["event"],
+                &reply["code"],
+                &reply["room"],
+                &reply["data"]["count"]
+            ),
+            (&json!("join"), &json!(0), &json!(room), &json!(1)),
+            "{reply}"
         );
     }
     for room in ["secret", "team", "lobby2"] {
@@ -552,11 +558,15 @@ fn api_publish_to_a_room_reaches_its_members_without_from() {
         addr,
         r#"{"room":"lobby","data":{"note":"maintenance at 5"}}"#,
     );
-    assert_eq!(answer, json!({"delivered": 2}));
+    // A room message is numbered (SPEC §11): the answer says where it landed.
+    let epoch = &answer["epoch"];
+    assert!(epoch.is_string(), "{answer}");
+    assert_eq!(answer, json!({"delivered": 2, "offset": 1, "epoch": epoch}));
     for client in [&mut alice, &mut bob] {
         assert_eq!(
             without_ts(next_json(client)),
-            json!({"event": "message", "room": "lobby", "data": {"note": "maintenance at 5"}})
+            json!({"event": "message", "room": "lobby", "data": {"note": "maintenance at 5"},
+                   "offset": 1})
         );
     }
     assert_nothing_pending(&mut carol);

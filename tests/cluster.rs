@@ -250,14 +250,14 @@ fn api_publish_reaches_room_user_and_everyone_on_every_instance_exactly_once(n: 
         r#"{"room":"lobby","data":{"note":"room"}}"#,
     );
     assert_eq!(
-        answer,
-        json!({"delivered": local(&spread.members, 1, &|_| true)}),
-        "delivered counts instance 1's members"
+        answer["delivered"],
+        json!(local(&spread.members, 1, &|_| true)),
+        "delivered counts instance 1's members: {answer}"
     );
     for member in &mut spread.members {
         assert_eq!(
             without_ts(next_json(&mut member.client)),
-            json!({"event": "message", "room": ROOM, "data": {"note": "room"}}),
+            json!({"event": "message", "room": ROOM, "data": {"note": "room"}, "offset": 1}),
             "{}",
             member.name()
         );

@@ -61,9 +61,14 @@ fn join_replies_with_the_count_of_distinct_users() {
     let mut alice_tab1 = connect(addr, "/ws?user=alice");
     let mut alice_tab2 = connect(addr, "/ws?user=alice");
     let mut bob = connect(addr, "/ws?user=bob");
+    // With history on (the default), the room's position too (SPEC §11).
+    let reply = join(&mut alice_tab1, "lobby");
+    let epoch = &reply["data"]["epoch"];
+    assert!(epoch.is_string(), "{reply}");
     assert_eq!(
-        join(&mut alice_tab1, "lobby"),
-        json!({"event": "join", "code": 0, "room": "lobby", "data": {"count": 1}})
+        reply,
+        json!({"event": "join", "code": 0, "room": "lobby",
+               "data": {"count": 1, "epoch": epoch, "offset": 0}})
     );
     assert_eq!(join(&mut alice_tab2, "lobby")["data"]["count"], 1);
     assert_eq!(join(&mut bob, "lobby")["data"]["count"], 2);
@@ -177,7 +182,8 @@ fn room_message_reaches_every_member_including_the_sender_with_data_verbatim() {
         let expected_data: Value = serde_json::from_str(data).expect("JSON data");
         assert_eq!(
             event,
-            json!({"event": "message", "room": "lobby", "from": "alice", "data": expected_data}),
+            json!({"event": "message", "room": "lobby", "from": "alice", "data": expected_data,
+                   "offset": 1}),
             "{who}"
         );
     }
@@ -296,9 +302,11 @@ fn replies_and_errors_echo_string_and_number_ids() {
     let ping = request_json(&mut alice, r#"{"event":"ping","id":"req-1"}"#);
     assert_eq!(ping["id"], "req-1", "{ping}");
     let joined = request_json(&mut alice, r#"{"event":"join","room":"lobby","id":42}"#);
+    let epoch = &joined["data"]["epoch"];
     assert_eq!(
         joined,
-        json!({"event": "join", "id": 42, "code": 0, "room": "lobby", "data": {"count": 1}})
+        json!({"event": "join", "id": 42, "code": 0, "room": "lobby",
+               "data": {"count": 1, "epoch": epoch, "offset": 0}})
     );
     let online = request_json(&mut alice, r#"{"id":7.5,"event":"online"}"#);
     assert_eq!(online["id"], 7.5, "{online}");

@@ -209,14 +209,16 @@ fn chat_flow_through_nginx_joins_messages_and_presence() {
     let mut alice = connect(nginx.addr, "/chat/ws?user=alice");
     let mut bob = connect(nginx.addr, "/chat/ws?user=bob");
     send_text(&mut alice, r#"{"event":"join","room":"lobby","id":1}"#);
+    let reply = next_json(&mut alice);
+    let epoch = &reply["data"]["epoch"];
     assert_eq!(
-        next_json(&mut alice),
-        json!({"event":"join","id":1,"code":0,"room":"lobby","data":{"count":1}})
+        reply,
+        json!({"event":"join","id":1,"code":0,"room":"lobby","data":{"count":1,"epoch":epoch,"offset":0}})
     );
     send_text(&mut bob, r#"{"event":"join","room":"lobby","id":"b"}"#);
     assert_eq!(
         next_json(&mut bob),
-        json!({"event":"join","id":"b","code":0,"room":"lobby","data":{"count":2}})
+        json!({"event":"join","id":"b","code":0,"room":"lobby","data":{"count":2,"epoch":epoch,"offset":0}})
     );
     assert_eq!(
         next_json(&mut alice),
@@ -230,7 +232,7 @@ fn chat_flow_through_nginx_joins_messages_and_presence() {
     for client in [&mut alice, &mut bob] {
         assert_eq!(
             without_ts(next_json(client)),
-            json!({"event":"message","room":"lobby","from":"bob","data":{"text":"hi through nginx"}})
+            json!({"event":"message","room":"lobby","from":"bob","data":{"text":"hi through nginx"},"offset":1})
         );
     }
     send_text(&mut alice, r#"{"event":"online","room":"lobby","id":3}"#);
@@ -486,7 +488,7 @@ fn two_instances_through_redis_behind_one_upstream_are_one_hub() {
     for client in &mut clients {
         assert_eq!(
             without_ts(next_json(client)),
-            json!({"event":"message","room":"lobby","from":"dave","data":"one hub"})
+            json!({"event":"message","room":"lobby","from":"dave","data":"one hub","offset":1})
         );
     }
     send_text(&mut clients[0], r#"{"event":"online","room":"lobby"}"#);

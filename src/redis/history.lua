@@ -32,16 +32,20 @@ local function position(P, room, ttl)
 end
 
 -- The events of the room after offset `since` of `since_epoch`, oldest first, when the epoch
--- is the room's and every one of them is still kept (none trimmed by size, none older than
--- `ttl` ms); nil when not.
-local function missed(P, room, epoch, last, since_epoch, since, ttl)
+-- is the room's, every one of them is still kept (none trimmed by size, none older than `ttl`
+-- ms) and together they hold at most `budget` bytes; nil when not.
+local function missed(P, room, epoch, last, since_epoch, since, ttl, budget)
   if since_epoch ~= epoch or since > last then return nil end
   if since == last then return {} end
   local entries = redis.call('XRANGE', P .. ':h:' .. room, string.format('%d-0', since + 1), '+')
   local first = entries[1]
   if #entries ~= last - since or first[1] ~= string.format('%d-0', since + 1) then return nil end
   if tonumber(first[2][2]) <= now_ms() - ttl then return nil end
-  local events = {}
-  for i, entry in ipairs(entries) do events[i] = entry[2][4] end
+  local events, bytes = {}, 0
+  for i, entry in ipairs(entries) do
+    events[i] = entry[2][4]
+    bytes = bytes + #events[i]
+  end
+  if bytes > budget then return nil end
   return events
 end

@@ -90,6 +90,8 @@ pub struct Settings {
     pub history_size: usize,
     /// `--history-ttl`.
     pub history_ttl: Duration,
+    /// Most bytes one join's replay may hold (see `History::with_max_replay`).
+    pub max_replay: usize,
 }
 
 /// One of the two Redis connections.
@@ -372,10 +374,17 @@ fn member(room: &str, user: &str) -> String {
     format!("m\0{room}\0{user}")
 }
 /// Not a contribution: the apply script publishes a join's marker (value: its waiter).
-/// A join's marker (see `presence.lua`): the history TTL in ms (empty with history off),
-/// then `since`'s offset and epoch (empty without since), then the room.
-fn joined_marker(room: &str, history_ttl: Option<Duration>, since: Option<(&str, u64)>) -> String {
-    let ttl = history_ttl.map_or(String::new(), |ttl| ttl.as_millis().to_string());
+/// A join's marker (see `presence.lua`): the history TTL in ms and the replay bound in bytes
+/// (both empty with history off), then `since`'s offset and epoch (empty without since), then
+/// the room.
+fn joined_marker(
+    room: &str,
+    history: Option<(Duration, usize)>,
+    since: Option<(&str, u64)>,
+) -> String {
+    let (ttl, max_replay) = history.map_or((String::new(), String::new()), |(ttl, max)| {
+        (ttl.as_millis().to_string(), max.to_string())
+    });
     let (epoch, offset) = match since {
         // An epoch this hub never makes cannot match: sent empty, it matches no room.
         Some((epoch, offset)) => {
@@ -387,7 +396,7 @@ fn joined_marker(room: &str, history_ttl: Option<Duration>, since: Option<(&str,
         }
         None => ("", String::new()),
     };
-    format!("j\0{ttl}\0{offset}\0{epoch}\0{room}")
+    format!("j\0{ttl}\0{max_replay}\0{offset}\0{epoch}\0{room}")
 }
 fn online_user(user: &str) -> String {
     format!("u\0{user}")
@@ -761,8 +770,9 @@ impl Cluster {
         if first_for_user {
             changes.push((member(room, user), 1));
         }
-        let history_ttl = (self.settings.history_size > 0).then_some(self.settings.history_ttl);
-        changes.push((joined_marker(room, history_ttl, since), waiter as i64));
+        let s = &self.settings;
+        let history = (s.history_size > 0).then_some((s.history_ttl, s.max_replay));
+        changes.push((joined_marker(room, history, since), waiter as i64));
         self.joining.push(waiter);
         self.changes(changes, vec![channel]);
     }

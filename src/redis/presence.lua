@@ -53,12 +53,14 @@ local function apply(P, I, field, delta, max)
     if redis.call('INCRBY', key, delta) <= 0 then redis.call('DEL', key) end
   elseif kind == 'j' then
     -- Not a contribution: a join's marker, at the join's place in the room's order. `delta`
-    -- is the joining instance's waiter; `name` is "H\0K\0E\0R": H the history TTL in ms ('' with
-    -- history off), K and E the join's `since` offset and epoch (K '' without since). The
+    -- is the joining instance's waiter; `name` is "H\0B\0K\0E\0R": H the history TTL in ms and B
+    -- the most bytes a replay may hold ('' with history off), K and E the join's `since` offset
+    -- and epoch (K '' without since). The
     -- marker carries "COUNT[ EPOCH LAST[ 1|0]]\n" (0: not recovered), then each missed event
     -- as "LENGTH\nEVENT": the messages before the marker in the channel are exactly those up
     -- to LAST, so the replay meets the live messages after it without a gap or an overlap.
-    local ttl, since, since_epoch, room = string.match(name, '^(%d*)%z(%d*)%z([^%z]*)%z(.*)$')
+    local ttl, budget, since, since_epoch, room =
+      string.match(name, '^(%d*)%z(%d*)%z(%d*)%z([^%z]*)%z(.*)$')
     if room == nil then return 0 end
     local count = redis.call('HLEN', P .. ':room:' .. room)
     local head, replay = string.format('%d', count), {}
@@ -66,7 +68,8 @@ local function apply(P, I, field, delta, max)
       local epoch, last = position(P, room, tonumber(ttl))
       head = head .. ' ' .. epoch .. ' ' .. string.format('%d', last)
       if since ~= '' then
-        local events = missed(P, room, epoch, last, since_epoch, tonumber(since), tonumber(ttl))
+        local events = missed(P, room, epoch, last, since_epoch, tonumber(since), tonumber(ttl),
+          tonumber(budget))
         head = head .. (events and ' 1' or ' 0')
         for i, json in ipairs(events or {}) do
           replay[i] = string.format('%d', #json) .. '\n' .. json

@@ -16,6 +16,7 @@ fn settings() -> Settings {
         db: 2,
         history_size: 0,
         history_ttl: Duration::from_secs(60),
+        max_replay: 1 << 20,
     }
 }
 
@@ -300,7 +301,7 @@ fn a_join_waits_for_its_subscription_and_publishes_after_it_stay_in_order() {
             "1",
             "m\0lobby\0ann",
             "1",
-            "j\0\0\0\0lobby",
+            "j\0\0\0\0\0lobby",
             "41"
         ]
     );
@@ -369,7 +370,7 @@ fn changes_in_one_turn_are_one_script_call_and_the_last_member_unsubscribes() {
             "1",
             "m\0lobby\0ann",
             "1",
-            "j\0\0\0\0lobby",
+            "j\0\0\0\0\0lobby",
             "1"
         ]
     );

@@ -84,6 +84,13 @@ const MAX_PRESIZED_CONNECTIONS: usize = 1 << 20;
 /// there; a frame larger than this grows the buffer for that frame only.
 const WS_READ_BUFFER: usize = 256;
 
+/// Most bytes a recovering join replays (SPEC §11): half of what a connection may have queued
+/// (`--max-buffered`), leaving the rest to the live messages that follow, so a replay never
+/// makes a client a slow consumer; a longer gap is reported as not recovered.
+pub(crate) fn max_replay(config: &Config) -> usize {
+    config.max_buffered / 2
+}
+
 /// The server: bind with [`Server::bind`], then [`Server::run`] until shutdown.
 pub struct Server {
     poll: Poll,
@@ -170,6 +177,7 @@ impl Server {
             let mut seed = [0u8; 8];
             seed.copy_from_slice(&random[..8]);
             History::new(history_size, config.history_ttl, u64::from_le_bytes(seed))
+                .with_max_replay(max_replay(&config))
         };
         // Per-connection tables are sized for the connection limit up front: pages are only
         // touched as connections arrive, and none of them ever doubles (and holds twice the

@@ -241,6 +241,7 @@ pub(super) fn connect_later(url: &RedisUrl, config: &Config, now: Instant) -> io
         db: url.db,
         history_size: config.history_size as usize,
         history_ttl: config.history_ttl,
+        max_replay: super::max_replay(config),
     };
     Ok(Redis::new(
         url.clone(),

@@ -97,11 +97,15 @@ async function events(url) {
   ok('ping echoes id');
 
   alice.send({ event: 'join', room: 'lobby', id: 1 });
-  assert.deepEqual(await alice.json('alice join'),
-    { event: 'join', id: 1, code: 0, room: 'lobby', data: { count: 1 } });
+  const aliceJoin = await alice.json('alice join');
+  // With history on (the default), the room's position (SPEC §11).
+  const epoch = aliceJoin.data && aliceJoin.data.epoch;
+  assert.equal(typeof epoch, 'string');
+  assert.deepEqual(aliceJoin,
+    { event: 'join', id: 1, code: 0, room: 'lobby', data: { count: 1, epoch, offset: 0 } });
   bob.send({ event: 'join', room: 'lobby', id: 'b1' });
   assert.deepEqual(await bob.json('bob join'),
-    { event: 'join', id: 'b1', code: 0, room: 'lobby', data: { count: 2 } });
+    { event: 'join', id: 'b1', code: 0, room: 'lobby', data: { count: 2, epoch, offset: 0 } });
   assert.deepEqual(await alice.json('presence join'),
     { event: 'presence', room: 'lobby', data: { user: 'bob', state: 'join' } });
   ok('join and presence');
@@ -115,7 +119,7 @@ async function events(url) {
   alice.send({ event: 'message', room: 'lobby', data, id: 2 });
   for (const [name, client] of [['alice', alice], ['bob', bob]]) {
     assert.deepEqual(withoutTs(await client.json(`message to ${name}`)),
-      { event: 'message', room: 'lobby', from: 'alice', data });
+      { event: 'message', room: 'lobby', from: 'alice', data, offset: 1 });
   }
   ok('room message reaches every member, sender included');
 

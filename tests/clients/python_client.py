@@ -55,11 +55,18 @@ async def events(url):
         ok("ping echoes id")
 
         await send_json(alice, {"event": "join", "room": "lobby", "id": 1})
-        expect_equal("alice join", await recv_json(alice),
-                     {"event": "join", "id": 1, "code": 0, "room": "lobby", "data": {"count": 1}})
+        joined = await recv_json(alice)
+        # With history on (the default), the room's position (SPEC §11).
+        epoch = joined.get("data", {}).get("epoch")
+        if not isinstance(epoch, str):
+            raise AssertionError(f"join reply without an epoch: {joined!r}")
+        expect_equal("alice join", joined,
+                     {"event": "join", "id": 1, "code": 0, "room": "lobby",
+                      "data": {"count": 1, "epoch": epoch, "offset": 0}})
         await send_json(bob, {"event": "join", "room": "lobby", "id": "b1"})
         expect_equal("bob join", await recv_json(bob),
-                     {"event": "join", "id": "b1", "code": 0, "room": "lobby", "data": {"count": 2}})
+                     {"event": "join", "id": "b1", "code": 0, "room": "lobby",
+                      "data": {"count": 2, "epoch": epoch, "offset": 0}})
         expect_equal("presence join", await recv_json(alice),
                      {"event": "presence", "room": "lobby", "data": {"user": "bob", "state": "join"}})
         ok("join and presence")
@@ -75,7 +82,7 @@ async def events(url):
         for name, ws in (("alice", alice), ("bob", bob)):
             got = await recv_json(ws)
             expect_equal(f"message to {name}", {k: v for k, v in got.items() if k != "ts"},
-                         {"event": "message", "room": "lobby", "from": "alice", "data": data})
+                         {"event": "message", "room": "lobby", "from": "alice", "data": data, "offset": 1})
             if not isinstance(got.get("ts"), int):
                 raise AssertionError(f"message without ts: {got!r}")
         ok("room message reaches every member, sender included")
