@@ -33,9 +33,11 @@ pub struct Assets {
 impl Assets {
     /// The page compiled into the binary from `assets/`.
     pub fn embedded() -> Assets {
-        let embedded: [(&str, &'static [u8]); 3] = [
+        let embedded: [(&str, &'static [u8]); 4] = [
             ("index.html", include_bytes!("../assets/index.html")),
             ("app.js", include_bytes!("../assets/app.js")),
+            // The client library, also for other web apps: `import { connect } from '/assets/wshub.js'`.
+            ("wshub.js", include_bytes!("../assets/wshub.js")),
             ("style.css", include_bytes!("../assets/style.css")),
         ];
         let files = embedded
@@ -139,7 +141,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn embedded_page_has_its_three_files() {
+    fn embedded_page_has_its_four_files() {
         let assets = Assets::embedded();
         assert_eq!(
             assets.get("index.html").unwrap().content_type,
@@ -147,6 +149,11 @@ mod tests {
         );
         assert_eq!(
             assets.get("app.js").unwrap().content_type,
+            "text/javascript; charset=utf-8"
+        );
+        // A JavaScript MIME type: browsers refuse to run a module served as anything else.
+        assert_eq!(
+            assets.get("wshub.js").unwrap().content_type,
             "text/javascript; charset=utf-8"
         );
         assert_eq!(

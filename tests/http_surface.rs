@@ -235,11 +235,16 @@ fn index_page_is_the_embedded_html() {
 #[test]
 fn page_assets_are_served_with_their_types() {
     let addr = start(&[]);
-    let cases: [(&str, &str, &[u8]); 2] = [
+    let cases: [(&str, &str, &[u8]); 3] = [
         (
             "/assets/app.js",
             "text/javascript; charset=utf-8",
             include_bytes!("../assets/app.js"),
+        ),
+        (
+            "/assets/wshub.js",
+            "text/javascript; charset=utf-8",
+            include_bytes!("../assets/wshub.js"),
         ),
         (
             "/assets/style.css",
