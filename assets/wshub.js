@@ -473,8 +473,10 @@ export class Hub {
     if (entry && Number.isSafeInteger(msg.offset)) {
       if (msg.offset === 1 && entry.offset >= 1) {
         // Offsets started over under an epoch we have not been told (history lost while we
-        // were connected). A replay never resends 1 to a client past it, so this is new.
-        entry.epoch = null;
+        // were connected). A replay never resends 1 to a client past it, so this is new. The
+        // epoch is unknown: a rejoin asks with an empty one, which no room has, so that what
+        // the disconnect missed is reported as a gap rather than skipped silently.
+        entry.epoch = '';
       } else if (msg.offset <= entry.offset) {
         return;
       }

@@ -252,7 +252,13 @@ describe('rooms across reconnects', () => {
     ws.receive(message('r', 1, 'first of a new epoch'));
     ws.receive(message('r', 2, 'second'));
     assert.deepEqual(seen.of('message').map((m) => m.offset), [1, 2]);
-    assert.deepEqual(hub.position('r'), { epoch: null, offset: 2 });
+    assert.deepEqual(hub.position('r'), { epoch: '', offset: 2 });
+    // The epoch was never told: a rejoin cannot recover and says so.
+    ws.drop();
+    mock.timers.tick(500);
+    const next = FakeSocket.all.at(-1);
+    next.open();
+    assert.deepEqual(next.last('join').since, { epoch: '', offset: 2 });
     hub.close();
   });
 
