@@ -2,6 +2,8 @@
 //! server to every client. Measures deliveries/s, delivery ratio, latency, server CPU time and
 //! memory per idle connection. See BENCHMARKS.md for the scenarios. Several `--url`s measure
 //! several instances of one hub (SPEC §10): publishers on the first, receivers spread over all.
+//! The clients speak the `raw` protocol, or with `--room` the `events` protocol, all in one room
+//! (SPEC §5), where room history (SPEC §11) numbers and keeps every message.
 //!
 //! # Layout
 //!
@@ -10,6 +12,8 @@
 //! - `load`: the client event loop and its phases: connect, publish, drain.
 //! - `conn`: one client connection; the only code that touches a client socket.
 //! - `handshake`, `frame`: the WebSocket upgrade response and server frames, parsed without I/O.
+//! - `events`: with `--room`, the join request, the message envelope and finding the stamped
+//!   payload in a received event, without I/O and without a JSON parse.
 //! - `wire`: the upgrade request and masked client frames, shared with the tests
 //!   (`tests/common/wire.rs`).
 //! - `message`: the stamped payload (send time and publisher in ASCII).
@@ -26,6 +30,8 @@
 mod config;
 #[path = "fanout/conn.rs"]
 mod conn;
+#[path = "fanout/events.rs"]
+mod events;
 #[path = "fanout/frame.rs"]
 mod frame;
 #[path = "fanout/handshake.rs"]
@@ -149,8 +155,13 @@ impl ServerUnderTest {
         };
         let mut server = match &config.target {
             Target::Spawn { bin, args } => {
-                let process =
-                    ServerProcess::spawn(bin, config.clients, args, pin.then_some(SERVER_CORE))?;
+                let process = ServerProcess::spawn(
+                    bin,
+                    config.protocol.server_flag(),
+                    config.clients,
+                    args,
+                    pin.then_some(SERVER_CORE),
+                )?;
                 Self {
                     urls: vec![WsUrl {
                         address: process.address(),
@@ -283,6 +294,7 @@ fn measure(config: &Config, server: &ServerUnderTest) -> Result<Report, String> 
         .collect();
     Ok(Report {
         server: server.description.clone(),
+        protocol: config.protocol.clone(),
         clients: config.clients,
         publishers: config.publishers,
         rate: config.rate,
@@ -297,6 +309,7 @@ fn measure(config: &Config, server: &ServerUnderTest) -> Result<Report, String> 
         duplicates: tally.duplicates(),
         out_of_order: tally.out_of_order(),
         malformed: tally.malformed(),
+        error_replies: tally.error_replies(),
         delivery_time: Duration::from_nanos(
             tally.last_delivery_ns().saturating_sub(publish_start_ns),
         ),

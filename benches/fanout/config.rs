@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::message;
+use crate::{events, message};
 
 pub const USAGE: &str = "\
 usage: cargo bench --bench fanout -- [options]
@@ -18,8 +18,14 @@ usage: cargo bench --bench fanout -- [options]
                      received back by itself (default 16)
   --size B           bytes per message, at least 24 (default 64)
   --duration S       seconds of publishing (default 10; 0 = connect, measure memory, stop)
+  --room NAME        speak the events protocol instead of raw (a started wshub gets
+                     --protocol events): every client joins room NAME and publishing
+                     starts once all have their join reply; a message is sent as a room
+                     message event whose data is the message (--size is its length),
+                     and receivers read it from each event's data
   --url URL          measure the server at ws://127.x.x.x:PORT/PATH instead of starting
-                     wshub; it must broadcast every text message to every client.
+                     wshub; it must broadcast every text message to every client (with
+                     --room: every room message to every member).
                      Repeatable: several instances of one hub. Publishers all connect
                      to the first URL; the other clients go round-robin over every URL
   --server-pid PID   with --url: a server process's pid, for its CPU time and memory
@@ -28,7 +34,9 @@ usage: cargo bench --bench fanout -- [options]
   --watch-pid NAME=PID  another process whose CPU time is reported under NAME, e.g.
                      redis=1234 (repeatable; not counted as server CPU or memory)
   --server-bin PATH  the wshub binary to start (default: $WSHUB_BIN, else this crate's)
-  --server-arg ARG   one more argument for the started wshub (repeatable)
+  --server-arg ARG   one more argument for the started wshub, after the bench's own
+                     (--protocol raw, or events with --room; limits raised), which it
+                     can override (repeatable), e.g. --server-arg --history-size=0
   --harness-core C   the core the harness pins itself to (default 1; a started wshub
                      takes core 0)
   --json             print one JSON object instead of text
@@ -58,12 +66,33 @@ pub struct Config {
     pub window: u32,
     pub size: usize,
     pub duration: Duration,
+    /// What the clients speak: raw broadcast, or the events protocol in one room.
+    pub protocol: Protocol,
     pub target: Target,
     /// Processes besides the servers whose CPU time belongs in the report (Redis, a proxy).
     pub watched: Vec<Watched>,
     /// Where the harness pins itself, so that a script can place it beside other processes.
     pub harness_core: usize,
     pub json: bool,
+}
+
+/// The message protocol of a run (SPEC §5).
+#[derive(Clone, PartialEq, Eq)]
+pub enum Protocol {
+    /// `--protocol raw`: every text message is broadcast verbatim to every client.
+    Raw,
+    /// `--protocol events`: every client joins `room`, messages go to the room as events.
+    Events { room: String },
+}
+
+impl Protocol {
+    /// The value of wshub's `--protocol` for this run.
+    pub fn server_flag(&self) -> &'static str {
+        match self {
+            Self::Raw => "raw",
+            Self::Events { .. } => "events",
+        }
+    }
 }
 
 /// The server under test.
@@ -153,6 +182,7 @@ impl Config {
         let mut window = DEFAULT_WINDOW;
         let mut size = DEFAULT_SIZE;
         let mut duration = DEFAULT_DURATION;
+        let mut protocol = Protocol::Raw;
         let mut json = false;
         let mut urls = Vec::new();
         let mut server_pids = Vec::new();
@@ -171,6 +201,11 @@ impl Config {
                 "--window" => window = number(&flag, &value()?)?,
                 "--size" => size = number(&flag, &value()?)?,
                 "--duration" => duration = seconds(&flag, &value()?)?,
+                "--room" => {
+                    protocol = Protocol::Events {
+                        room: room(&value()?)?,
+                    }
+                }
                 "--url" => urls.push(WsUrl::parse(&value()?)?),
                 "--server-pid" => server_pids.push(number(&flag, &value()?)?),
                 "--watch-pid" => watched.push(Watched::parse(&value()?)?),
@@ -211,6 +246,7 @@ impl Config {
             window,
             size,
             duration,
+            protocol,
             target,
             watched,
             harness_core,
@@ -249,6 +285,16 @@ fn default_server_bin() -> PathBuf {
     std::env::var_os("WSHUB_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_wshub")))
+}
+
+fn room(value: &str) -> Result<String, String> {
+    if events::valid_room(value) {
+        Ok(value.to_owned())
+    } else {
+        Err(format!(
+            "--room {value}: 1 to 128 letters, digits, '-', '_', '.' or ':'"
+        ))
+    }
 }
 
 fn number<T: FromStr>(flag: &str, value: &str) -> Result<T, String> {

@@ -1,5 +1,5 @@
-//! One client connection: connect, upgrade, then read frames and write masked ones. The only
-//! code that touches a client socket.
+//! One client connection: connect, upgrade (and with `--room` join the room), then read frames
+//! and write masked ones. The only code that touches a client socket.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, SocketAddrV4};
@@ -10,6 +10,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use socket2::{Domain, Socket, Type};
 
+use crate::events::{Event, EventReader};
 use crate::frame::{self, Decoded, Opcode};
 use crate::handshake::{self, Response};
 use crate::tally::{Receiver, Tally};
@@ -17,8 +18,9 @@ use crate::wire;
 
 /// The least free space a read gets; the shared buffer grows to fit a frame that needs more.
 const MIN_READ: usize = 64 * 1024;
-/// Servers ignore the mask's value; pongs are rare enough not to need fresh keys.
+/// Servers ignore the mask's value; pongs and joins are rare enough not to need fresh keys.
 const PONG_MASK: [u8; 4] = [0x5A, 0xC3, 0x96, 0x0F];
+const JOIN_MASK: [u8; 4] = [0x3C, 0x71, 0xE8, 0x25];
 /// First bytes (FIN and opcode) of the frames the harness sends.
 const TEXT: u8 = 0x81;
 const PONG: u8 = 0x8A;
@@ -31,14 +33,31 @@ pub struct Inbox {
     buffer: Vec<u8>,
     /// Time zero of the message stamps.
     clock: Instant,
+    /// How a data message is taken apart into stamped messages, per protocol.
+    reading: Reading,
     pub tally: Tally,
 }
 
+/// How received data messages carry the stamped messages, and what a client does once upgraded.
+pub enum Reading {
+    /// `--protocol raw`: a message is one or more `\n`-separated stamped messages (gorilla's
+    /// chat joins queued ones); nothing to do after the upgrade.
+    Lines,
+    /// `--protocol events` (`--room`): a message is one event, the stamped message its `data`;
+    /// once upgraded, a client sends `join` and is open only when the reply says code 0.
+    Events {
+        /// The join request's text, the same for every client.
+        join_request: Vec<u8>,
+        reader: EventReader,
+    },
+}
+
 impl Inbox {
-    pub fn new(clock: Instant, tally: Tally) -> Self {
+    pub fn new(clock: Instant, reading: Reading, tally: Tally) -> Self {
         Self {
             buffer: vec![0; 4 * MIN_READ],
             clock,
+            reading,
             tally,
         }
     }
@@ -65,6 +84,8 @@ enum Phase {
     Connecting,
     /// Upgrade request sent, waiting for `101`.
     Upgrading,
+    /// With `--room`: upgraded, join sent, waiting for its reply.
+    Joining,
     Open,
 }
 
@@ -80,8 +101,8 @@ pub struct Conn {
     write_blocked: bool,
     /// Input that ended inside a frame (or the response head); it goes in front of the next read.
     carry: Vec<u8>,
-    /// The start of a line whose end is in a later fragment of the same message: gorilla splits
-    /// a message into frames at its write-buffer size.
+    /// The start of a line (or event) whose end is in a later fragment of the same message:
+    /// gorilla splits a message into frames at its write-buffer size.
     partial_line: Vec<u8>,
     /// Who this client is to the tally and what it has received.
     receiver: Receiver,
@@ -211,7 +232,12 @@ impl Conn {
             inbox.buffer[..carried].copy_from_slice(&self.carry);
             let end = carried + read;
             let now_ns = inbox.now_ns();
-            let consumed = self.consume(&inbox.buffer[..end], now_ns, &mut inbox.tally)?;
+            let consumed = self.consume(
+                &inbox.buffer[..end],
+                now_ns,
+                &mut inbox.reading,
+                &mut inbox.tally,
+            )?;
             self.carry.clear();
             self.carry.extend_from_slice(&inbox.buffer[consumed..end]);
             // A short read emptied the socket's receive queue. Linux signals every later arrival
@@ -224,14 +250,26 @@ impl Conn {
     }
 
     /// Takes the response head and whole frames from `input`; returns how many bytes it took.
-    fn consume(&mut self, input: &[u8], now_ns: u64, tally: &mut Tally) -> Result<usize, Closed> {
+    fn consume(
+        &mut self,
+        input: &[u8],
+        now_ns: u64,
+        reading: &mut Reading,
+        tally: &mut Tally,
+    ) -> Result<usize, Closed> {
         let mut taken = 0;
         if self.phase == Phase::Upgrading {
             match handshake::parse_response(input) {
                 Ok(Response::Incomplete) => return Ok(0),
                 Ok(Response::Upgraded { head_len }) => {
-                    self.phase = Phase::Open;
                     taken = head_len;
+                    self.phase = match reading {
+                        Reading::Lines => Phase::Open,
+                        Reading::Events { join_request, .. } => {
+                            self.queue_text(join_request, JOIN_MASK);
+                            Phase::Joining
+                        }
+                    };
                 }
                 Err(err) => return Err(Closed::Protocol(err.to_string())),
             }
@@ -241,9 +279,12 @@ impl Conn {
                 Ok(Decoded::Incomplete) => return Ok(taken),
                 Ok(Decoded::Frame { frame, len }) => {
                     match frame.opcode {
-                        Opcode::Text | Opcode::Binary | Opcode::Continuation => {
-                            self.on_data(frame.payload, frame.fin, now_ns, tally);
-                        }
+                        Opcode::Text | Opcode::Binary | Opcode::Continuation => match reading {
+                            Reading::Lines => self.on_data(frame.payload, frame.fin, now_ns, tally),
+                            Reading::Events { reader, .. } => {
+                                self.on_event_data(frame.payload, frame.fin, reader, now_ns, tally)?
+                            }
+                        },
                         Opcode::Ping => {
                             wire::encode_masked(
                                 PONG,
@@ -291,6 +332,43 @@ impl Conn {
         } else {
             self.partial_line.extend_from_slice(rest);
         }
+    }
+
+    /// Takes one event (in one frame, or the last fragment of one): a room message is a
+    /// delivery, the join reply opens the client, an error reply is counted.
+    fn on_event_data(
+        &mut self,
+        payload: &[u8],
+        fin: bool,
+        reader: &mut EventReader,
+        now_ns: u64,
+        tally: &mut Tally,
+    ) -> Result<(), Closed> {
+        if !fin || !self.partial_line.is_empty() {
+            self.partial_line.extend_from_slice(payload);
+            if !fin {
+                return Ok(());
+            }
+        }
+        let fragmented = std::mem::take(&mut self.partial_line);
+        let event = if fragmented.is_empty() {
+            payload
+        } else {
+            &fragmented
+        };
+        match reader.read(event, tally.message_size()) {
+            Event::Data(message) => tally.deliver(message, &mut self.receiver, now_ns),
+            Event::Joined if self.phase == Phase::Joining => self.phase = Phase::Open,
+            Event::JoinRefused if self.phase == Phase::Joining => {
+                return Err(Closed::Protocol(format!(
+                    "join refused: {}",
+                    String::from_utf8_lossy(event)
+                )));
+            }
+            Event::Error => tally.error_reply(),
+            Event::Joined | Event::JoinRefused | Event::Other => {}
+        }
+        Ok(())
     }
 
     fn deliver(&mut self, line: &[u8], now_ns: u64, tally: &mut Tally) {

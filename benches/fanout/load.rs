@@ -1,5 +1,6 @@
 //! The client side of a run: one thread and one `mio::Poll` driving every connection through
-//! three phases: connect all clients, publish for a while, drain what is still in flight.
+//! three phases: connect all clients (with `--room`, until each has its join reply), publish
+//! for a while, drain what is still in flight.
 //!
 //! With several URLs (instances of one hub) the publishers all connect to the first one and the
 //! other clients go round-robin over all of them, so that every message has to cross from the
@@ -11,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Poll, Token};
 
-use crate::config::{Config, WsUrl};
-use crate::conn::{Closed, Conn, Inbox};
+use crate::config::{Config, Protocol, WsUrl};
+use crate::conn::{Closed, Conn, Inbox, Reading};
+use crate::events::{self, EventReader};
 use crate::message::{self, Stamp};
 use crate::tally::{Receiver, Tally};
 use crate::wire;
@@ -105,8 +107,11 @@ pub struct Load {
     inbox: Inbox,
     /// The URLs, in `--url` order; publishers use the first.
     endpoints: Vec<Endpoint>,
-    /// The message being stamped and sent, allocated once.
+    /// The message being stamped and sent, allocated once: the stamped text itself, or with
+    /// `--room` the event that carries it.
     message: Vec<u8>,
+    /// Where the stamped text starts in `message`.
+    stamp_at: usize,
     /// xorshift state for mask keys: RFC 6455 wants them unpredictable, a bench needs them cheap.
     mask_state: u64,
     published: u64,
@@ -126,6 +131,18 @@ impl Load {
                 upgrade_request: wire::upgrade_request(&url.host, &url.path, "").into_bytes(),
             })
             .collect();
+        let stamped = message::template(config.size);
+        let (message, stamp_at, reading) = match &config.protocol {
+            Protocol::Raw => (stamped, 0, Reading::Lines),
+            Protocol::Events { room } => {
+                let (envelope, stamp_at) = events::message_envelope(room, &stamped);
+                let reading = Reading::Events {
+                    join_request: events::join_request(room),
+                    reader: EventReader::default(),
+                };
+                (envelope, stamp_at, reading)
+            }
+        };
         Ok(Self {
             poll: Poll::new()?,
             events: Events::with_capacity(EVENTS_CAPACITY),
@@ -136,10 +153,12 @@ impl Load {
             receivers_started: 0,
             inbox: Inbox::new(
                 clock,
+                reading,
                 Tally::new(config.publishers, urls.len(), config.size),
             ),
             endpoints,
-            message: message::template(config.size),
+            message,
+            stamp_at,
             mask_state: MASK_SEED,
             published: 0,
             counts: ConnCounts {
@@ -179,7 +198,8 @@ impl Load {
         self.inbox.now_ns()
     }
 
-    /// Opens `clients` connections, a bounded number at a time, and waits for their upgrades.
+    /// Opens `clients` connections, a bounded number at a time, and waits for their upgrades
+    /// (with `--room`, for their join replies).
     pub fn connect_all(&mut self, clients: usize) -> io::Result<()> {
         let deadline = Instant::now() + CONNECT_TIMEOUT;
         while self.conns.len() < clients || self.connecting > 0 {
@@ -308,7 +328,8 @@ impl Load {
         for slot in &mut self.conns {
             if slot.as_ref().is_some_and(|conn| !conn.is_open()) {
                 *slot = None;
-                let timed_out = io::Error::new(io::ErrorKind::TimedOut, "upgrade timed out");
+                let timed_out =
+                    io::Error::new(io::ErrorKind::TimedOut, "upgrade (or join) timed out");
                 self.counts.record_close(false, Closed::Io(timed_out));
             }
         }
@@ -332,7 +353,7 @@ impl Load {
             sent_ns: self.inbox.tally.sent(publisher, now_ns),
             publisher: publisher as u32,
         };
-        message::stamp(&mut self.message, &stamp);
+        message::stamp(&mut self.message[self.stamp_at..], &stamp);
         conn.queue_text(&self.message, next_mask(&mut self.mask_state));
         self.published += 1;
         true

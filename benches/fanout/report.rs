@@ -4,11 +4,14 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::config::Protocol;
 use crate::load::ConnCounts;
 
 pub struct Report {
     /// What was measured: the spawned binary or the URLs.
     pub server: String,
+    /// What the clients spoke: raw broadcast or events in one room.
+    pub protocol: Protocol,
     pub clients: usize,
     pub publishers: usize,
     pub rate: u64,
@@ -32,6 +35,9 @@ pub struct Report {
     pub out_of_order: u64,
     /// Received lines that were not this harness's messages; anything but 0 is suspect.
     pub malformed: u64,
+    /// With `--room`, error replies the clients got (publishes refused); anything but 0 is
+    /// suspect.
+    pub error_replies: u64,
     /// From the first publish to the last delivery: the denominator of deliveries/s.
     pub delivery_time: Duration,
     pub latency: Option<Latency>,
@@ -125,6 +131,13 @@ impl Report {
             rate => format!("{rate} msg/s"),
         };
         println!("fanout against {}", self.server);
+        let mode = match &self.protocol {
+            Protocol::Raw => "raw (every message broadcast to every client)".to_owned(),
+            Protocol::Events { room } => {
+                format!("events, every client in room {room:?} (messages as room events)")
+            }
+        };
+        println!("  mode         {mode}");
         println!(
             "  load         {} clients, {} publishers, {rate}, {} B messages, {:.1} s",
             self.clients,
@@ -189,6 +202,12 @@ impl Report {
             "  closed       {} clients closed by the server, {} protocol errors, {} malformed lines",
             self.counts.closed_by_server, self.counts.protocol_errors, self.malformed
         );
+        if let Protocol::Events { .. } = self.protocol {
+            println!(
+                "  refused      {} error replies from the server",
+                self.error_replies
+            );
+        }
         println!(
             "  order        {} duplicates, {} out of order",
             self.duplicates, self.out_of_order
@@ -241,6 +260,11 @@ impl Report {
     pub fn to_json(&self) -> Value {
         json!({
             "server": self.server,
+            "protocol": self.protocol.server_flag(),
+            "room": match &self.protocol {
+                Protocol::Raw => None,
+                Protocol::Events { room } => Some(room),
+            },
             "clients": self.clients,
             "publishers": self.publishers,
             "rate": self.rate,
@@ -272,6 +296,7 @@ impl Report {
             "closed_by_server": self.counts.closed_by_server,
             "protocol_errors": self.counts.protocol_errors,
             "malformed_lines": self.malformed,
+            "error_replies": self.error_replies,
             "latency_ms": self.latency.as_ref().map(Latency::to_json),
             "server_cpu_secs": self.server_cpu_secs(),
             "server_cpu_us_per_delivery":

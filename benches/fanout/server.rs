@@ -23,10 +23,9 @@ pub const WS_PATH: &str = "/ws";
 /// Connections the server admits beyond the bench's clients.
 const CONNECTION_HEADROOM: usize = 64;
 /// Limits raised above their defaults so that only fan-out speed is measured: room for messages
-/// far over 64 KiB, for saturation backlogs and for slow upgrades of 19 000 clients.
+/// far over 64 KiB, for saturation backlogs and for slow upgrades of 19 000 clients. They follow
+/// `--protocol`.
 const BENCH_FLAGS: &[&str] = &[
-    "--protocol",
-    "raw",
     "--max-message-size",
     "1MiB",
     "--max-buffered",
@@ -44,10 +43,12 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Starts `bin` with room for `clients` and `extra_args` after the bench flags (so they can
-    /// override them), pinned to `core` when given, and waits until `/healthz` answers `ok`.
+    /// Starts `bin` speaking `protocol` (wshub's `--protocol` value) with room for `clients` and
+    /// `extra_args` after the bench flags (so they can override them), pinned to `core` when
+    /// given, and waits until `/healthz` answers `ok`.
     pub fn spawn(
         bin: &Path,
+        protocol: &str,
         clients: usize,
         extra_args: &[String],
         core: Option<usize>,
@@ -60,6 +61,8 @@ impl ServerProcess {
             // Not far above `clients`: wshub warns when this exceeds the open-file limit.
             .arg("--max-connections")
             .arg((clients + CONNECTION_HEADROOM).to_string())
+            .arg("--protocol")
+            .arg(protocol)
             .args(BENCH_FLAGS)
             .args(extra_args)
             // wshub reads WSHUB_* settings from the environment; this one is the harness's.

@@ -31,6 +31,9 @@ pub struct Tally {
     out_of_order: u64,
     /// Lines that carry no stamp of this harness: foreign traffic or a server that mangles bytes.
     malformed: u64,
+    /// With `--room`, error replies (a publish refused: not a member, too large, rate limited):
+    /// such a message reaches nobody.
+    error_replies: u64,
     /// Per publisher, its messages sent but not yet received back by itself; bounds `--rate 0`.
     in_flight: Vec<u32>,
     /// Per publisher, its latest stamp, so the next one can be made strictly greater.
@@ -86,6 +89,7 @@ impl Tally {
             duplicates: 0,
             out_of_order: 0,
             malformed: 0,
+            error_replies: 0,
             in_flight: vec![0; publishers],
             last_sent_ns: vec![0; publishers],
             last_delivery_ns: 0,
@@ -153,6 +157,15 @@ impl Tally {
 
     pub fn malformed(&self) -> u64 {
         self.malformed
+    }
+
+    /// Notes an error reply from the server.
+    pub fn error_reply(&mut self) {
+        self.error_replies += 1;
+    }
+
+    pub fn error_replies(&self) -> u64 {
+        self.error_replies
     }
 
     pub fn last_delivery_ns(&self) -> u64 {
