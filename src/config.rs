@@ -171,6 +171,11 @@ pub struct Config {
     #[arg(long, env = "WSHUB_HISTORY_TTL", default_value = "5m", value_parser = parse_duration)]
     pub history_ttl: Duration,
 
+    /// Most memory the history of all rooms together may hold on this instance; past it the
+    /// oldest messages go first, whatever their room. (With --redis, Redis holds the history.)
+    #[arg(long, env = "WSHUB_HISTORY_MAX_MEMORY", default_value = "256MiB", value_parser = parse_size)]
+    pub history_max_memory: usize,
+
     /// Join other instances into one hub through this Redis (or Valkey):
     /// redis://[user:password@]host:port[/db]. The host is resolved once, at start-up. Without
     /// it nothing connects and the instance is a hub of its own.
@@ -405,6 +410,7 @@ mod tests {
         assert_eq!(config.redis_presence_ttl, Duration::from_secs(15));
         assert_eq!(config.history_size, 100);
         assert_eq!(config.history_ttl, Duration::from_secs(300));
+        assert_eq!(config.history_max_memory, 256 << 20);
     }
 
     #[test]

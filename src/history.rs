@@ -11,7 +11,8 @@
 //! A message is kept once, as the exact JSON its recipients got (offset included), whatever
 //! the number of recipients; a replay sends those bytes again.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::mem::size_of;
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,9 @@ pub struct History {
     /// Most bytes one replay may hold: a longer gap is not recovered (the client learns it
     /// missed something) rather than queued past what the connection may buffer.
     max_replay: usize,
+    /// `--history-max-memory`: past it, the oldest messages of all rooms go first, whatever
+    /// their room, so that many rooms of large messages cannot hold the process's memory.
+    max_bytes: usize,
     rooms: HashMap<Box<str>, Room>,
     /// What `rooms` holds on the heap, approximately, for `wshub_history_bytes`.
     bytes: usize,
@@ -99,6 +103,7 @@ impl History {
             ttl,
             here: true,
             max_replay: usize::MAX,
+            max_bytes: usize::MAX,
             rooms: HashMap::new(),
             bytes: 0,
             epoch_prefix: format!("{:08x}", seed as u32),
@@ -111,6 +116,14 @@ impl History {
     pub fn with_max_replay(self, bytes: usize) -> History {
         History {
             max_replay: bytes,
+            ..self
+        }
+    }
+
+    /// Bounds what all rooms together may hold (see [`History::bytes`]).
+    pub fn with_max_memory(self, bytes: usize) -> History {
+        History {
+            max_bytes: bytes,
             ..self
         }
     }
@@ -162,6 +175,9 @@ impl History {
         trim(state, size, ttl, now);
         let after = state.heap_bytes();
         self.bytes = self.bytes - before + after;
+        if self.bytes > self.max_bytes {
+            self.evict();
+        }
         Ok((json, Some(offset)))
     }
 
@@ -238,6 +254,33 @@ impl History {
         });
         self.bytes -= freed;
         self.next_sweep = (!self.rooms.is_empty()).then_some(now + SWEEP_EVERY);
+    }
+
+    /// Drops the oldest kept messages of all rooms, oldest first, until everything holds at
+    /// most 7/8 of `--history-max-memory` (so the next appends do not each come back here).
+    /// Rooms keep their position: a client then learns from `recovered: false` what it lost.
+    fn evict(&mut self) {
+        let target = self.max_bytes / 8 * 7;
+        let mut oldest: BinaryHeap<Reverse<(Instant, Box<str>)>> = self
+            .rooms
+            .iter()
+            .filter_map(|(name, room)| room.kept.front().map(|k| Reverse((k.at, name.clone()))))
+            .collect();
+        while self.bytes > target {
+            let Some(Reverse((_, name))) = oldest.pop() else {
+                break;
+            };
+            let Some(room) = self.rooms.get_mut(&name) else {
+                continue;
+            };
+            if let Some(dropped) = room.kept.pop_front() {
+                room.kept_bytes -= dropped.json.len();
+                self.bytes -= dropped.json.len();
+            }
+            if let Some(next) = room.kept.front() {
+                oldest.push(Reverse((next.at, name)));
+            }
+        }
     }
 
     /// `room`'s history, started (offset 0, a new epoch) when it has none.
@@ -424,6 +467,36 @@ mod tests {
             Some(vec![2, 3])
         );
         assert!(history.after("a", &epoch, 0, now).is_none());
+    }
+
+    #[test]
+    fn past_the_memory_bound_the_oldest_messages_of_all_rooms_go_first() {
+        let now = Instant::now();
+        let mut history = History::new(100, TTL, 7);
+        let json = |_| Ok::<_, ()>("x".repeat(1_000));
+        for i in 0..10 {
+            history
+                .append("old", now + Duration::from_millis(i), json)
+                .unwrap();
+        }
+        let ten = history.bytes();
+        let mut history = history.with_max_memory(ten + 2_500);
+        for i in 10..15 {
+            history
+                .append("new", now + Duration::from_millis(i), json)
+                .unwrap();
+        }
+        assert!(history.bytes() <= ten + 2_500, "{}", history.bytes());
+        let old = history.position("old", now).unwrap().epoch;
+        let new = history.position("new", now).unwrap().epoch;
+        // All of "new" survives; "old" lost its oldest, keeps its newest and its position.
+        assert!(history.after("new", &new, 0, now).is_some());
+        assert!(history.after("old", &old, 0, now).is_none());
+        assert_eq!(
+            history.after("old", &old, 9, now).map(Iterator::count),
+            Some(1)
+        );
+        assert_eq!(history.position("old", now).unwrap().offset, 10);
     }
 
     #[test]

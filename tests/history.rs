@@ -352,3 +352,33 @@ fn a_gap_larger_than_half_the_output_bound_is_not_replayed_and_the_client_stays(
     assert_eq!(read_messages(&mut bob, ROOM, 3).len(), 3);
     assert_nothing_pending(&mut bob);
 }
+
+#[test]
+fn past_the_memory_bound_the_oldest_messages_of_any_room_go_first() {
+    let addr = start(&["--history-max-memory", "64KiB"]);
+    let mut alice = client(addr, "alice");
+    let old = position(&join_room(&mut alice, "old", None));
+    let new = position(&join_room(&mut alice, "new", None));
+    let padding = "x".repeat(1_000);
+    for _ in 0..40 {
+        say(&mut alice, "old", json!(padding));
+    }
+    read_messages(&mut alice, "old", 40);
+    for _ in 0..40 {
+        say(&mut alice, "new", json!(padding));
+    }
+    read_messages(&mut alice, "new", 40);
+    let held = metric(addr, "wshub_history_bytes");
+    assert!(held <= 64 << 10, "{held} bytes held past the 64 KiB bound");
+    let mut bob = client(addr, "bob");
+    let reply = join_room(&mut bob, "old", Some(&old));
+    assert_eq!(
+        reply["data"]["recovered"], false,
+        "the oldest went first: {reply}"
+    );
+    assert_eq!(position(&reply).offset, 40, "the room keeps its place");
+    let reply = join_room(&mut bob, "new", Some(&new));
+    assert_eq!(reply["data"]["recovered"], true, "the newest stay: {reply}");
+    assert_eq!(read_messages(&mut bob, "new", 40).len(), 40);
+    assert_nothing_pending(&mut bob);
+}

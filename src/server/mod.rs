@@ -178,6 +178,7 @@ impl Server {
             seed.copy_from_slice(&random[..8]);
             History::new(history_size, config.history_ttl, u64::from_le_bytes(seed))
                 .with_max_replay(max_replay(&config))
+                .with_max_memory(config.history_max_memory)
         };
         // Per-connection tables are sized for the connection limit up front: pages are only
         // touched as connections arrive, and none of them ever doubles (and holds twice the
