@@ -264,55 +264,28 @@ pub fn publish(
         .to
         .map(|to| string(to).ok_or(Failure::BAD_TO))
         .transpose()?;
-    let (target, event) = match (room, to) {
+    let (event, target) = match (&room, to) {
         (Some(_), Some(_)) => return Err(Failure::ROOM_AND_TO),
-        (Some(room), None) => {
-            let relay = Relay {
-                event: "message",
-                room: Some(&room),
-                from: None,
-                data,
-                now_ms,
-                max_message_size,
-            };
-            let (json, offset) = numbered(history, now, hub_wide, &relay, &room)?;
-            let position = offset.and_then(|_| history.position(&room, now));
-            let delivery = Delivery {
-                target: Target::Room(room.into_owned()),
-                json,
-            };
-            return Ok((delivery, position));
-        }
-        (None, Some(to)) => {
-            let json = Relay {
-                event: "direct",
-                room: None,
-                from: None,
-                data,
-                now_ms,
-                max_message_size,
-            }
-            .serialise(None)?;
-            (Target::User(to.into_owned()), json)
-        }
-        (None, None) => {
-            let json = Relay {
-                event: "message",
-                room: None,
-                from: None,
-                data,
-                now_ms,
-                max_message_size,
-            }
-            .serialise(None)?;
-            (Target::All, json)
-        }
+        (Some(room), None) => ("message", Target::Room(room.to_string())),
+        (None, Some(to)) => ("direct", Target::User(to.into_owned())),
+        (None, None) => ("message", Target::All),
     };
-    let delivery = Delivery {
-        target,
-        json: event,
+    let relay = Relay {
+        event,
+        room: room.as_deref(),
+        from: None,
+        data,
+        now_ms,
+        max_message_size,
     };
-    Ok((delivery, None))
+    let (json, position) = match &room {
+        Some(room) => {
+            let (json, offset) = numbered(history, now, hub_wide, &relay, room)?;
+            (json, offset.and_then(|_| history.position(room, now)))
+        }
+        None => (relay.serialise(None)?, None),
+    };
+    Ok((Delivery { target, json }, position))
 }
 
 /// Whether `event` is a command: `join`, `quit` and `online` change or read who is where, and

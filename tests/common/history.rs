@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::{Client, connect, next_json, request_json, send_text};
+use super::{Client, assert_nothing_pending, connect, next_json, request_json, send_text};
 
 /// A room's position, as a join reply gives it: its epoch and its last offset.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,6 +83,34 @@ pub fn offset(event: &Value) -> u64 {
     event["offset"]
         .as_u64()
         .unwrap_or_else(|| panic!("no offset in {event}"))
+}
+
+/// The replay bound, on a hub started with `--max-buffered 64KiB` (a replay may queue half of
+/// it): `sender`, in `room` since `at_start`, sends five 10 kB messages; `joiner`, not yet in
+/// the room, asking for all of them (50 kB) is not recovered and gets nothing, asking for the
+/// last three gets them.
+pub fn assert_replay_bounded(
+    sender: &mut Client,
+    joiner: &mut Client,
+    room: &str,
+    at_start: Position,
+) {
+    let padding = "x".repeat(10_000);
+    for _ in 0..5 {
+        say(sender, room, json!(padding));
+    }
+    read_messages(sender, room, 5);
+    let reply = join_room(joiner, room, Some(&at_start));
+    assert_eq!(reply["data"]["recovered"], false, "{reply}");
+    assert_nothing_pending(joiner);
+    let recent = Position {
+        offset: 2,
+        ..at_start
+    };
+    let reply = join_room(joiner, room, Some(&recent));
+    assert_eq!(reply["data"]["recovered"], true, "{reply}");
+    assert_eq!(read_messages(joiner, room, 3).len(), 3);
+    assert_nothing_pending(joiner);
 }
 
 /// A publisher in `room` on its own thread, sending `{"n": 0}`, `{"n": 1}`… (`total` of them)
